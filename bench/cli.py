@@ -1,0 +1,162 @@
+"""``bench``: the command line. Thin: parse, call one function, print, exit.
+
+Bad input (unknown preset, generator or config key; a value of the wrong type) prints one line
+naming the problem and the valid choices, exits with status 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dibregman.bregman import generator_names, get_generator, is_parametric
+from dibregman.config import (
+    Config,
+    ConfigError,
+    config_keys,
+    get_preset,
+    preset_names,
+    validate,
+    with_overrides,
+)
+from dibregman.ratio import estimator_names
+from dibregman.run import run_experiment
+
+app = typer.Typer(
+    help="Di-Bregman distillation benchmark: run, sweep, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the exit-2 exception to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """``["train.lr=2e-4", ...]`` -> ``{"train.lr": "2e-4"}``; a pair without ``=`` is an error."""
+    overrides: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad --set {pair!r}: expected KEY=VALUE, e.g. train.lr=2e-4")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def build_config(
+    preset: str, generator: str | None, alpha: float | None, seed: int | None, sets: list[str]
+) -> Config:
+    """The resolved, validated config of a ``bench run`` command line."""
+    overrides: dict[str, Any] = parse_sets(sets)
+    if generator is not None:
+        overrides["generator.name"] = generator
+    if alpha is not None:
+        overrides["generator.alpha"] = alpha
+    if seed is not None:
+        overrides["seed"] = seed
+    cfg = with_overrides(get_preset(preset), overrides)
+    validate(cfg)
+    return cfg
+
+
+class LiveProgress:
+    """A rich progress bar over generator steps with the latest diagnostics beside it."""
+
+    def __init__(self, total: int) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]distilling"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+        )
+        self.task = self.progress.add_task("run", total=total, status="")
+
+    def __call__(self, record: dict[str, Any], checkpoint: Path | None) -> None:
+        shown = [("loss_dm", "dm"), ("ratio_accuracy", "acc"), ("weight_max", "w_max")]
+        parts = [f"{label} {record[key]:.3g}" for key, label in shown if key in record]
+        parts += [f"{k.split('_n')[0]} {v:.3g}" for k, v in record.items()
+                  if k.startswith("fd_n")]
+        self.progress.update(self.task, completed=record["step"], status="  ".join(parts))
+
+
+@app.command()
+def run(
+    preset: Annotated[str, typer.Option(help="Preset name; see `bench list`.")] = "gmm2d",
+    generator: Annotated[
+        str | None, typer.Option(help="Bregman generator h (generator.name).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="alpha of the 'alpha'/'power' families.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Repetition seed.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Config override KEY=VALUE (repeatable), e.g. train.lr=2e-4."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/PRESET-GENERATOR-sSEED).")
+    ] = None,
+) -> None:
+    """Distil one teacher into a one-step student; rerun on the same --out to resume."""
+    try:
+        cfg = build_config(preset, generator, alpha, seed, set_ or [])
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    run_dir = out or Path("runs") / f"{cfg.preset}-{cfg.generator.name}-s{cfg.seed}"
+    live = LiveProgress(cfg.train.generator_steps)
+    try:
+        with live.progress:
+            result = run_experiment(cfg, run_dir, on_report=live)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    table = Table(title=f"{cfg.generator.name} on {cfg.teacher}: {result.status}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in sorted(result.metrics.items()):
+        table.add_row(name, f"{value:.4g}")
+    table.add_row("wall_time_s", f"{result.wall_time_s:.1f}")
+    console.print(table)
+    console.print(f"run directory: {run_dir}")
+
+
+@app.command("list")
+def list_() -> None:
+    """Print the registered generators, ratio estimators, presets, metrics and config keys."""
+    table = Table(title="Bregman generators h (w = h''(r) r, r = student/teacher)")
+    table.add_column("name")
+    table.add_column("divergence")
+    for name in generator_names():
+        record = get_generator(name)
+        family = " (uses generator.alpha)" if is_parametric(name) else ""
+        table.add_row(name, record.description + family)
+    console.print(table)
+    console.print("[bold]ratio estimators:[/] " + ", ".join(estimator_names()))
+    console.print("[bold]presets:[/] " + ", ".join(preset_names()))
+    console.print(
+        "[bold]metrics[/] (N = sample count): fd_nN, nll_nN, modes_covered_nN, mode_tv_nN, "
+        "off_mode_nN, precision_kK_nN, recall_kK_nN, mmd_nN"
+    )
+    console.print("[bold]config keys:[/] " + ", ".join(config_keys()))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

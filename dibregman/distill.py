@@ -1,0 +1,257 @@
+"""The Di-Bregman loop for vector data: critic steps and weighted generator steps.
+
+Generator gradient (METHOD.md §3), with ``x = G(z)``, ``x_s = x + sigma n``:
+
+    grad_theta = E[ w(r(x_s, sigma)) (s_fake(x_s, sigma) - s_teacher(x_s, sigma)) . dx/dtheta ],
+    w(r) = h''(r) r.
+
+Implemented as in DMD2: under ``no_grad``,
+``g = w * (D_fake(x_s) - D_teacher(x_s)) / mean|x - D_teacher(x_s)|`` (``D_fake - D_teacher =
+sigma^2 (s_fake - s_teacher)``; the per-sample normaliser plays the role of ``lambda(sigma)``),
+then ``loss = 0.5 ||x - stopgrad(x - g)||^2`` so autograd delivers ``g . dx/dtheta``. The ratio
+and the weight are read at the same ``(x_s, sigma)`` as the score difference.
+
+The critic step fits the fake score by denoising score matching on detached student samples
+(loss weight ``lambda = (sigma^2 + sd^2) / (sigma sd)^2``) and the ratio network on noised
+teacher samples (positive) against noised student samples (negative) at the same levels.
+
+Nothing here touches files or global RNG: all randomness comes from ``torch.Generator``s
+seeded by ``cfg.seed``, so a run is a deterministic function of its config.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dibregman.bregman import get_generator
+from dibregman.config import Config
+from dibregman.networks import Denoiser, OneStepGenerator, RatioNetwork, init_parameters
+from dibregman.noise import karras_sigmas, sample_sigmas
+from dibregman.ratio import RatioEstimator
+from dibregman.teachers import Teacher
+
+FINISHED = "finished"
+DIVERGED = "diverged"
+RUNNING = "running"
+
+
+class Distiller:
+    """Student, fake score, ratio estimator and their optimisers for one run.
+
+    Args:
+        cfg: the run's config.
+        teacher: a frozen teacher with ``shape == (d,)``.
+    """
+
+    def __init__(self, cfg: Config, teacher: Teacher) -> None:
+        if len(teacher.shape) != 1:
+            raise ValueError(f"the vector-data loop needs a (d,) teacher, got {teacher.shape}")
+        self.cfg = cfg
+        self.teacher = teacher
+        self.bregman = get_generator(cfg.generator.name, cfg.generator.alpha)
+        dim, net, train = teacher.shape[0], cfg.net, cfg.train
+        sd = teacher.sigma_data
+
+        init_rng = torch.Generator().manual_seed(2 * cfg.seed)
+        self.rng = torch.Generator().manual_seed(2 * cfg.seed + 1)
+
+        self.student = OneStepGenerator(dim, net.hidden, net.depth, sd)
+        init_parameters(self.student, init_rng)
+        self.student_ema = copy.deepcopy(self.student).requires_grad_(False)
+        self.fake = Denoiser(dim, net.hidden, net.depth, sd)
+        init_parameters(self.fake, init_rng, zero_last=True)
+        ratio_net = RatioNetwork(dim, net.hidden, net.depth, sd)
+        init_parameters(ratio_net, init_rng, zero_last=True)
+        self.ratio = RatioEstimator(ratio_net, cfg.ratio, train.sigma_min, train.sigma_max)
+
+        def adamw(module: torch.nn.Module) -> torch.optim.AdamW:
+            return torch.optim.AdamW(
+                module.parameters(), lr=train.lr, betas=train.betas,
+                weight_decay=train.weight_decay,
+            )
+
+        self.opt_student = adamw(self.student)
+        self.opt_fake = adamw(self.fake)
+        self.opt_ratio = adamw(self.ratio)
+        self.sigma_grid = karras_sigmas(
+            train.sigma_grid_size, train.sigma_min, train.sigma_max, train.rho
+        )
+        self.generator_step = 0
+        self.nonfinite_streak = 0
+        self.nonfinite_total = 0
+        self.status = RUNNING
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def _latents(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.randn(n, self.teacher.shape[0], generator=generator)
+
+    def _sigmas(self, n: int) -> Tensor:
+        t = self.cfg.train
+        return sample_sigmas(n, self.sigma_grid, t.sigma_quantile_low, t.sigma_quantile_high,
+                             self.rng)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, batch_size: int = 4096) -> Tensor:
+        """``n`` samples of the EMA student from latents fixed by ``seed``, ``(n, d)``.
+
+        All ``n`` latents are drawn first, so sample ``i`` is the same at any batch size.
+        """
+        latents = self._latents(n, torch.Generator().manual_seed(seed))
+        return torch.cat([self.student_ema(chunk) for chunk in latents.split(batch_size)])
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def critic_step(self) -> dict[str, float]:
+        """One update of the fake score (DSM) and the ratio network on detached student samples."""
+        batch = self.cfg.train.batch_size
+        sd = self.teacher.sigma_data
+        with torch.no_grad():
+            x_student = self.student(self._latents(batch, self.rng))
+            x_teacher = self.teacher.sample(batch, self.rng)
+        sigma = self._sigmas(batch)
+        noised = x_student + sigma[:, None] * torch.randn(x_student.shape, generator=self.rng)
+        dsm_weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+        fake_loss = (dsm_weight[:, None] * (self.fake(noised, sigma) - x_student) ** 2).mean()
+
+        teacher_noised = x_teacher + sigma[:, None] * torch.randn(
+            x_teacher.shape, generator=self.rng
+        )
+        ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma)
+
+        finite = self._apply(fake_loss, self.opt_fake, self.fake, clip=math.inf)
+        finite &= self._apply(ratio_loss, self.opt_ratio, self.ratio, clip=math.inf)
+        self._count_nonfinite(finite)
+        return {
+            "loss_fake_dsm": fake_loss.item(),
+            "loss_ratio": ratio_loss.item(),
+            "ratio_accuracy": float(accuracy),
+        }
+
+    def student_step(self) -> dict[str, float]:
+        """One weighted distribution-matching update of the student (METHOD.md §3)."""
+        train = self.cfg.train
+        batch = train.batch_size
+        x = self.student(self._latents(batch, self.rng))
+        sigma = self._sigmas(batch)
+        x_noised = x + sigma[:, None] * torch.randn(x.shape, generator=self.rng)
+
+        diagnostics: dict[str, float] = {}
+        with torch.no_grad():
+            x_s = x_noised.detach()
+            denoised_teacher = self.teacher.denoise(x_s, sigma)
+            denoised_fake = self.fake(x_s, sigma)
+            normaliser = (x.detach() - denoised_teacher).abs().mean(dim=1, keepdim=True)
+            direction = (denoised_fake - denoised_teacher) / normaliser
+            if train.force_unit_weight:
+                grad = direction
+            else:
+                weight, diagnostics = self.ratio.weights(self.bregman, x_s, sigma)
+                grad = weight[:, None] * direction
+        loss_dm = 0.5 * ((x - (x.detach() - grad)) ** 2).sum(dim=1).mean()
+        loss = loss_dm
+        if train.gan_weight > 0:
+            # The student wants the ratio network to call its samples teacher-like (log r < 0).
+            loss_gan = F.softplus(self.ratio.log_ratio(x_noised, sigma)).mean()
+            loss = loss + train.gan_weight * loss_gan
+            diagnostics["loss_gan"] = loss_gan.item()
+
+        finite = self._apply(loss, self.opt_student, self.student, clip=train.grad_clip)
+        self._count_nonfinite(finite)
+        if finite:
+            self._update_ema()
+        diagnostics["loss_dm"] = loss_dm.item()
+        diagnostics["grad_norm"] = float(grad.norm(dim=1).mean())
+        return diagnostics
+
+    def step(self) -> dict[str, float]:
+        """``critic_steps_per_generator_step`` critic updates, then one student update.
+
+        Returns:
+            Diagnostics of the last critic step and of the student step, plus non-finite counts.
+            Sets ``status = "diverged"`` after ``train.max_nonfinite_steps`` consecutive
+            non-finite updates.
+        """
+        critic: dict[str, float] = {}
+        for _ in range(self.cfg.train.critic_steps_per_generator_step):
+            critic = self.critic_step()
+        record = {**critic, **self.student_step()}
+        self.generator_step += 1
+        record["nonfinite_steps"] = float(self.nonfinite_total)
+        return record
+
+    def warmup(self) -> dict[str, float]:
+        """``train.fake_warmup_steps`` critic steps before the first student update."""
+        record: dict[str, float] = {}
+        for _ in range(self.cfg.train.fake_warmup_steps):
+            record = self.critic_step()
+        return record
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _apply(
+        self, loss: Tensor, optimizer: torch.optim.Optimizer, module: torch.nn.Module, clip: float
+    ) -> bool:
+        """Backpropagate and step unless the loss or gradient is non-finite; True if stepped."""
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return False
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            return False
+        optimizer.step()
+        return True
+
+    def _count_nonfinite(self, finite: bool) -> None:
+        if finite:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_streak += 1
+        self.nonfinite_total += 1
+        if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
+            self.status = DIVERGED
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.train.ema_decay
+        for ema, live in zip(
+            self.student_ema.parameters(), self.student.parameters(), strict=True
+        ):
+            ema.lerp_(live, 1 - decay)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs; tensors and plain data only (``weights_only`` safe)."""
+        return {
+            "student": self.student.state_dict(),
+            "student_ema": self.student_ema.state_dict(),
+            "fake": self.fake.state_dict(),
+            "ratio": self.ratio.state_dict(),
+            "opt_student": self.opt_student.state_dict(),
+            "opt_fake": self.opt_fake.state_dict(),
+            "opt_ratio": self.opt_ratio.state_dict(),
+            "rng": self.rng.get_state(),
+            "generator_step": self.generator_step,
+            "nonfinite_streak": self.nonfinite_streak,
+            "nonfinite_total": self.nonfinite_total,
+            "status": self.status,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("student", "student_ema", "fake", "ratio",
+                     "opt_student", "opt_fake", "opt_ratio"):
+            getattr(self, name).load_state_dict(state[name])
+        self.rng.set_state(state["rng"])
+        self.generator_step = state["generator_step"]
+        self.nonfinite_streak = state["nonfinite_streak"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.status = state["status"]

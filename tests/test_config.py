@@ -1,0 +1,78 @@
+"""Config keys, overrides, presets and validation."""
+
+import json
+
+import pytest
+
+from dibregman.config import (
+    Config,
+    ConfigError,
+    config_keys,
+    flatten,
+    from_dict,
+    get_preset,
+    preset_names,
+    to_dict,
+    validate,
+    with_overrides,
+)
+
+
+def test_overrides_coerce_strings_by_field_type():
+    cfg = with_overrides(Config(), {"train.lr": "2e-4", "train.batch_size": "64",
+                                    "ratio.bin_normalize": "false", "generator.name": "pearson",
+                                    "train.betas": "0.5,0.9"})
+    assert cfg.train.lr == 2e-4 and cfg.train.batch_size == 64
+    assert cfg.ratio.bin_normalize is False and cfg.generator.name == "pearson"
+    assert cfg.train.betas == (0.5, 0.9)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="unknown config key 'train.lrr'") as info:
+        with_overrides(Config(), {"train.lrr": 1})
+    assert "train.lr" in str(info.value) and "generator.alpha" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["train", "generator.name.x", "nope"])
+def test_section_or_too_deep_key_is_unknown(key):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        with_overrides(Config(), {key: 1})
+
+
+@pytest.mark.parametrize(("key", "value"), [("train.lr", "fast"), ("train.batch_size", "1.5"),
+                                            ("ratio.bin_normalize", "maybe"),
+                                            ("train.batch_size", True), ("train.lr", "nan")])
+def test_bad_value_names_key_and_type(key, value):
+    with pytest.raises(ConfigError, match=f"bad value .* for {key}: expected"):
+        with_overrides(Config(), {key: value})
+
+
+def test_round_trip_through_json():
+    cfg = with_overrides(get_preset("gmm16d-tiny"), {"seed": 3, "generator.alpha": 0.25})
+    assert from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+    assert set(flatten(cfg)) == set(config_keys())
+
+
+def test_every_preset_is_valid_and_has_a_tiny_variant():
+    for name in preset_names():
+        validate(get_preset(name))
+        base = name.removesuffix("-tiny")
+        assert f"{base}-tiny" in preset_names()
+
+
+def test_unknown_preset_lists_valid():
+    with pytest.raises(ConfigError, match="valid: gmm16d, gmm16d-tiny, gmm2d, gmm2d-tiny"):
+        get_preset("gmm3d")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"generator.name": "kl"}, "unknown Bregman generator 'kl'"),
+    ({"generator.name": "power", "generator.alpha": -1.0}, "generator.alpha"),
+    ({"ratio.estimator": "svm"}, "valid: classifier, kliep, ulsif"),
+    ({"teacher": "mnist9"}, "unknown teacher"),
+    ({"train.sigma_min": 30.0}, "sigma_min < train.sigma_max"),
+    ({"ratio.clip_min": 0.0}, "ratio.clip_min"),
+])
+def test_validate_names_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(with_overrides(Config(), override))
