@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from bench.spec import SpecError, load_spec
 from dibregman.bregman import generator_names, get_generator, is_parametric
 from dibregman.config import (
     Config,
@@ -131,6 +132,84 @@ def run(
     table.add_row("wall_time_s", f"{result.wall_time_s:.1f}")
     console.print(table)
     console.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def sweep(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Sweep YAML, e.g. "
+                                                                   "sweeps/divergences.yaml.")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (default: $RAY_ADDRESS, else a "
+                                      "private local runtime).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the newest interrupted run of this sweep.")
+    ] = False,
+    max_concurrent: Annotated[
+        int | None, typer.Option(min=1, help="Concurrent trials (overrides the spec).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                                      "sqlite:///mlflow.db).")
+    ] = None,
+    storage: Annotated[
+        Path, typer.Option(help="Ray Tune storage (shared by all nodes on a cluster).")
+    ] = Path("ray_results"),
+    num_cpus: Annotated[
+        int | None, typer.Option(min=1, help="CPUs of the private local Ray runtime.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the expanded trials and exit.")
+    ] = False,
+) -> None:
+    """Run a sweep over Bregman generators on Ray Tune, every trial tracked in MLflow."""
+    from bench.sweep import expanded_trials, run_sweep  # ray and mlflow load only for sweeps
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as err:
+        raise fail(str(err)) from None
+    if dry_run:
+        lines = expanded_trials(spec)
+        console.print(f"sweep {spec.name} (preset {spec.preset}, spec {spec.spec_hash}): "
+                      f"{len(lines) if spec.search is None else spec.search.num_samples} trials")
+        for line in lines:
+            console.print(f"  {line}", highlight=False)
+        return
+    try:
+        summary = run_sweep(spec, address=address, resume=resume, max_concurrent=max_concurrent,
+                            tracking_uri=tracking_uri, storage=storage, num_cpus=num_cpus,
+                            console=console)
+    except FileNotFoundError as err:
+        raise fail(str(err)) from None
+    counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v)
+    console.print(f"sweep {spec.name}: {counts or 'no trials ended'} in "
+                  f"{summary.wall_time_s:.0f} s; MLflow parent run {summary.parent_run_id}")
+    if summary.best:
+        console.print(f"best {spec.metric}: {summary.best[0]} = {summary.best[1]:.4g}")
+    if summary.interrupted:
+        err_console.print(f"interrupted: continue with `bench sweep {spec_path} --resume`")
+        raise typer.Exit(code=130)
+    if summary.counts["failed"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def ui(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (as for sweep).")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Browse the runs: the MLflow UI on 127.0.0.1 against the sweeps' store."""
+    import subprocess
+    import sys
+
+    from bench.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    console.print(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(port)]
+    raise typer.Exit(subprocess.call(command))
 
 
 @app.command("list")

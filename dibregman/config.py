@@ -154,6 +154,9 @@ class Config:
         seed: repetition seed: networks, latents and noise all derive from it.
         log_every: write a diagnostics record every this many generator steps.
         checkpoint_every: save a resumable checkpoint every this many generator steps.
+        num_threads: torch intra-op threads during the run (0 keeps torch's setting). The toy
+            MLPs run about twice as fast on one thread as on two: the work per op is too
+            small to split.
     """
 
     preset: str = "gmm2d"
@@ -166,6 +169,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log_every: int = 10
     checkpoint_every: int = 100
+    num_threads: int = 1
 
 
 def config_keys(cfg: Config | type[Config] = Config) -> list[str]:
@@ -330,12 +334,19 @@ def _tiny(cfg: Config) -> Config:
 
 
 _BASE_PRESETS: dict[str, Config] = {
-    "gmm2d": Config(preset="gmm2d", teacher="gmm2d"),
+    # Toy teachers: 3 critic steps per student step instead of DMD2's 5, and 900 student
+    # steps. On gmm2d (seed 0) this beat 5 x 600 at equal wall time for every generator tried
+    # (e.g. reverse KL: FD 0.0041 -> 0.0020, precision 0.82 -> 0.87).
+    "gmm2d": Config(
+        preset="gmm2d",
+        teacher="gmm2d",
+        train=TrainConfig(generator_steps=900, critic_steps_per_generator_step=3),
+    ),
     "gmm16d": Config(
         preset="gmm16d",
         teacher="gmm16d",
         net=NetConfig(hidden=256, depth=3),
-        train=TrainConfig(generator_steps=800),
+        train=TrainConfig(generator_steps=900, critic_steps_per_generator_step=3),
     ),
 }
 
@@ -405,6 +416,7 @@ def validate(cfg: Config) -> None:
         (min(cfg.eval.n_curve, cfg.eval.n_final, cfg.eval.n_pr, cfg.eval.n_mmd) >= 16,
          "eval sample counts must be >= 16"),
         (cfg.eval.pr_k >= 1, "eval.pr_k must be >= 1"),
+        (cfg.num_threads >= 0, "num_threads must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

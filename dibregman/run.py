@@ -159,6 +159,17 @@ def run_experiment(
     _write_json(config_path, to_dict(cfg))
     _write_json(run_dir / PROVENANCE_FILE, provenance(cfg))
 
+    threads_before = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        return _run(cfg, run_dir, on_report)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(cfg: Config, run_dir: Path, on_report: ReportCallback | None) -> RunResult:
+    """The body of :func:`run_experiment`, once the directory and config are checked."""
     teacher = build_teacher(cfg.teacher)
     distiller = Distiller(cfg, teacher)
     checkpoint_path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
@@ -218,8 +229,8 @@ def run_experiment(
             "generator_steps": result.generator_steps, "wall_time_s": result.wall_time_s,
         })
         if on_report is not None:
-            on_report({"step": result.generator_steps, "wall_time_s": result.wall_time_s,
-                       "status": status, "done": True, **metrics}, None)
+            on_report({"step": result.generator_steps, "run_time_s": result.wall_time_s,
+                       "status": status, "final": True, **metrics}, None)
         return result
     finally:
         metrics_file.close()

@@ -33,7 +33,7 @@ def test_run_writes_its_files(tmp_path):
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["distiller"]["generator_step"] == 6
-    assert reports[-1][0]["done"] and reports[-1][0]["status"] == "finished"
+    assert reports[-1][0]["final"] and reports[-1][0]["status"] == "finished"
     assert [r["step"] for r, c in reports if c is not None] == [6]  # checkpoint_every = 3
 
 

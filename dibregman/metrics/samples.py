@@ -48,7 +48,7 @@ def _inside_manifold(points: Tensor, centres: Tensor, radii: Tensor, chunk: int)
 
 
 def precision_recall(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 1024
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 256
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019, Sec. 2).
 
@@ -140,7 +140,7 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] | No
         raise ValueError(f"bandwidths must be positive, got {bandwidths}")
     h = torch.tensor(bandwidths, dtype=torch.float64, device=x.device)
     gammas = 1.0 / (2.0 * h**2)
-    chunk = 1024
+    chunk = 256
     n, m, n_kernels = x.shape[0], y.shape[0], len(bandwidths)
     # each diagonal term k(x_i, x_i) = number of kernels
     kxx = (_rbf_kernel_sum(x, x, gammas, chunk) - n * n_kernels) / (n * (n - 1))

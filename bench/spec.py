@@ -1,0 +1,374 @@
+"""Sweep specs: a YAML file in ``sweeps/`` -> a validated :class:`SweepSpec`.
+
+Everything is checked before Ray starts: an unknown key, a bad type, an unknown generator,
+preset or config key, or an empty grid raises :class:`SpecError` naming the file, the key path
+and the valid choices.
+
+A spec::
+
+    name: divergences              # letters, digits, '-' and '_'
+    preset: gmm2d                  # see `bench list`
+    set: {train.lr: 1.0e-3}        # base overrides (config keys)
+    grid:                          # a mapping (cartesian product) or a list of them (union)
+      - generator: [reverse_kl, pearson]
+      - generator: [alpha]
+        generator.alpha: [0.5, 2.0]
+    seeds: [0, 1, 2]               # repetitions, not hyper-parameters
+    search:                        # instead of grid: Optuna over a space (one seed)
+      num_samples: 12
+      sampler_seed: 0
+      space: {generator.alpha: {uniform: [-1, 3]}, train.lr: {loguniform: [3.0e-4, 3.0e-3]}}
+    scheduler: {type: asha, grace_period: 100, reduction_factor: 2}
+    metric: fd_n2000               # a metric reported during training
+    mode: min
+    resources: {cpu: 1, gpu: 0}
+    max_concurrent: 2
+    time_budget_s: 900
+
+``generator`` is shorthand for ``generator.name`` wherever a config key is expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dibregman.config import (
+    Config,
+    ConfigError,
+    config_keys,
+    get_preset,
+    preset_names,
+    validate,
+    with_overrides,
+)
+
+KEY_ALIASES = {"generator": "generator.name"}
+TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "seeds", "search", "scheduler", "metric",
+                  "mode", "resources", "max_concurrent", "time_budget_s")
+DOMAINS = ("loguniform", "uniform", "int", "choice")
+MODES = ("min", "max")
+
+
+class SpecError(ValueError):
+    """A spec a person got wrong; the message names the file, the key path and valid choices."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One search dimension: ``kind`` in :data:`DOMAINS`; ``args`` its bounds or choices."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Optuna search: ``num_samples`` points of ``space``, TPE seeded by ``sampler_seed``."""
+
+    num_samples: int
+    space: dict[str, Domain]
+    sampler_seed: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """ASHA early stopping on the sweep metric; milestones in reported records."""
+
+    type: str = "asha"
+    grace_period: int = 10
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep.
+
+    Attributes:
+        path: the YAML file.
+        name: sweep name (the MLflow experiment and the Ray experiment directory prefix).
+        preset: the base preset.
+        overrides: base config overrides (canonical keys).
+        grid: the expanded grid points, each an override dict (without the seed).
+        seeds: repetition seeds.
+        search: Optuna search, if any (then ``grid`` is ``[{}]``).
+        scheduler: ASHA settings, if any.
+        metric, mode: what the search and scheduler optimise.
+        resources: per-trial ``{"cpu": ..., "gpu": ...}``.
+        max_concurrent: concurrent trials (None: as many as resources allow).
+        time_budget_s: stop the sweep after this many seconds (None: no limit).
+        spec_hash: hash of the canonical spec content (provenance).
+    """
+
+    path: Path
+    name: str
+    preset: str
+    overrides: dict[str, Any]
+    grid: list[dict[str, Any]]
+    seeds: list[int]
+    search: SearchSpec | None
+    scheduler: SchedulerSpec | None
+    metric: str
+    mode: str
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_concurrent: int | None = None
+    time_budget_s: float | None = None
+    spec_hash: str = ""
+
+    def base_config(self) -> Config:
+        """The preset with the spec's base overrides applied."""
+        return with_overrides(get_preset(self.preset), self.overrides)
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every grid trial as an override dict, seeds innermost (``seed`` included)."""
+        return [{**point, "seed": seed} for point in self.grid for seed in self.seeds]
+
+
+def trial_name(overrides: dict[str, Any]) -> str:
+    """A readable trial name from its overrides, e.g. ``alpha-a0.5-s1`` or ``pearson-s0``."""
+    parts = []
+    for key, value in overrides.items():
+        if key == "seed":
+            continue
+        if key == "generator.name":
+            parts.insert(0, str(value))
+        else:
+            label = {"generator.alpha": "a"}.get(key, key.rsplit(".", 1)[-1] + "=")
+            parts.append(f"{label}{value:.4g}" if isinstance(value, float) else f"{label}{value}")
+    parts.append(f"s{overrides.get('seed', 0)}")
+    return "-".join(parts)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep YAML file.
+
+    Raises:
+        SpecError: for anything wrong, naming ``path`` and the key path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such sweep spec file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(data, path)
+
+
+def parse_spec(data: Any, path: Path) -> SweepSpec:
+    """Validate already-loaded YAML ``data`` (see :func:`load_spec`)."""
+    where = str(path)
+
+    def fail(key: str, message: str) -> SpecError:
+        return SpecError(f"{where}: {key}: {message}")
+
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: a sweep spec is a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise fail(str(key), f"unknown key; valid: {', '.join(TOP_LEVEL_KEYS)}")
+    for key in ("name", "preset", "metric"):
+        if key not in data:
+            raise fail(key, "missing (required: name, preset, metric)")
+
+    name = data["name"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise fail("name", f"{name!r} must be a non-empty string of letters, digits, '-', '_'")
+    preset = data["preset"]
+    if preset not in preset_names():
+        raise fail("preset", f"unknown preset {preset!r}; valid: {', '.join(preset_names())}")
+    base = get_preset(preset)
+
+    overrides = _config_mapping(data.get("set", {}), "set", fail)
+    try:
+        base = with_overrides(base, overrides)
+    except ConfigError as err:
+        raise fail("set", str(err)) from None
+
+    seeds = data.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise fail("seeds", f"{seeds!r} must be a non-empty list of integers, e.g. [0, 1, 2]")
+    if len(set(seeds)) != len(seeds):
+        raise fail("seeds", f"{seeds!r} repeats a seed")
+
+    search = _parse_search(data.get("search"), fail) if "search" in data else None
+    if search is not None:
+        if "grid" in data:
+            raise fail("grid", "a spec has either grid or search, not both")
+        if len(seeds) != 1:
+            raise fail("seeds", "a search sweep takes one seed (the search samples the points; "
+                                "repeat the best ones over seeds in a grid sweep)")
+        grid: list[dict[str, Any]] = [{}]
+    else:
+        if "grid" not in data:
+            raise fail("grid", "missing: a spec needs a grid or a search")
+        grid = _expand_grid(data["grid"], fail)
+
+    for index, point in enumerate(grid):
+        for seed in seeds:
+            try:
+                validate(with_overrides(base, {**point, "seed": seed}))
+            except ConfigError as err:
+                label = f"grid[{index}]" if len(grid) > 1 else "grid"
+                raise fail(label, f"{trial_name({**point, 'seed': seed})}: {err}") from None
+    if search is not None:
+        _check_search_bounds(base, search, fail)
+
+    n_curve = base.eval.n_curve
+    curve_metrics = [f"fd_n{n_curve}", f"nll_n{n_curve}"]
+    metric = data["metric"]
+    if metric not in curve_metrics:
+        raise fail("metric", f"{metric!r} is not reported during training; valid for preset "
+                             f"{preset} (eval.n_curve={n_curve}): {', '.join(curve_metrics)}")
+    mode = data.get("mode", "min")
+    if mode not in MODES:
+        raise fail("mode", f"{mode!r}; valid: {', '.join(MODES)}")
+
+    scheduler = _parse_scheduler(data.get("scheduler"), fail) if "scheduler" in data else None
+    resources = _parse_resources(data.get("resources", {}), fail)
+    max_concurrent = data.get("max_concurrent")
+    if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1
+                                       or isinstance(max_concurrent, bool)):
+        raise fail("max_concurrent", f"{max_concurrent!r} must be a positive integer")
+    budget = data.get("time_budget_s")
+    if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool)
+                               or budget <= 0):
+        raise fail("time_budget_s", f"{budget!r} must be a positive number of seconds")
+
+    canonical = json.dumps(data, sort_keys=True, default=str)
+    return SweepSpec(
+        path=path, name=name, preset=preset, overrides=overrides, grid=grid, seeds=seeds,
+        search=search, scheduler=scheduler, metric=metric, mode=mode, resources=resources,
+        max_concurrent=max_concurrent, time_budget_s=float(budget) if budget else None,
+        spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:12],
+    )
+
+
+def canonical_key(key: Any, where: str, fail) -> str:
+    """Resolve aliases and check that ``key`` is a config key (``seed`` belongs to ``seeds``)."""
+    if not isinstance(key, str):
+        raise fail(where, f"{key!r} is not a config key")
+    key = KEY_ALIASES.get(key, key)
+    if key == "seed":
+        raise fail(f"{where}.seed", "seeds are repetitions: list them under the top-level 'seeds'")
+    if key not in config_keys():
+        raise fail(f"{where}.{key}", f"unknown config key; valid: generator, "
+                                     f"{', '.join(config_keys())}")
+    return key
+
+
+def _config_mapping(value: Any, where: str, fail) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise fail(where, f"must be a mapping of config keys to values, got {value!r}")
+    return {canonical_key(k, where, fail): v for k, v in value.items()}
+
+
+def _expand_grid(value: Any, fail) -> list[dict[str, Any]]:
+    blocks = value if isinstance(value, list) else [value]
+    if not blocks:
+        raise fail("grid", "is empty; give at least one key with a non-empty list of values")
+    points: list[dict[str, Any]] = []
+    for index, block in enumerate(blocks):
+        where = f"grid[{index}]" if isinstance(value, list) else "grid"
+        if not isinstance(block, dict) or not block:
+            raise fail(where, "must be a non-empty mapping of config keys to lists of values")
+        keys, lists = [], []
+        for key, values in block.items():
+            canonical = canonical_key(key, where, fail)
+            if not isinstance(values, list) or not values:
+                raise fail(f"{where}.{key}", f"must be a non-empty list of values, got {values!r}")
+            keys.append(canonical)
+            lists.append(values)
+        points += [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
+    return points
+
+
+def _parse_search(value: Any, fail) -> SearchSpec:
+    allowed = ("num_samples", "space", "sampler_seed")
+    if not isinstance(value, dict):
+        raise fail("search", f"must be a mapping with keys {', '.join(allowed)}")
+    for key in value:
+        if key not in allowed:
+            raise fail(f"search.{key}", f"unknown key; valid: {', '.join(allowed)}")
+    num_samples = value.get("num_samples")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise fail("search.num_samples", f"{num_samples!r} must be a positive integer")
+    sampler_seed = value.get("sampler_seed", 0)
+    if not isinstance(sampler_seed, int) or isinstance(sampler_seed, bool):
+        raise fail("search.sampler_seed", f"{sampler_seed!r} must be an integer")
+    space_data = value.get("space")
+    if not isinstance(space_data, dict) or not space_data:
+        raise fail("search.space", "must be a non-empty mapping of config keys to domains")
+    space: dict[str, Domain] = {}
+    for key, domain in space_data.items():
+        canonical = canonical_key(key, "search.space", fail)
+        where = f"search.space.{key}"
+        if not isinstance(domain, dict) or len(domain) != 1:
+            raise fail(where, f"must be one of {{{': [...], '.join(DOMAINS)}: [...]}}")
+        kind, args = next(iter(domain.items()))
+        if kind not in DOMAINS:
+            raise fail(where, f"unknown domain {kind!r}; valid: {', '.join(DOMAINS)}")
+        if not isinstance(args, list) or not args:
+            raise fail(f"{where}.{kind}", f"must be a non-empty list, got {args!r}")
+        if kind != "choice":
+            numeric = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+            if len(args) != 2 or not numeric or not args[0] < args[1]:
+                raise fail(f"{where}.{kind}", f"needs [low, high] with low < high, got {args!r}")
+            if kind == "loguniform" and args[0] <= 0:
+                raise fail(f"{where}.{kind}", f"needs low > 0, got {args!r}")
+            if kind == "int" and not all(isinstance(a, int) for a in args):
+                raise fail(f"{where}.{kind}", f"needs integer bounds, got {args!r}")
+        space[canonical] = Domain(kind, tuple(args))
+    return SearchSpec(num_samples=num_samples, space=space, sampler_seed=sampler_seed)
+
+
+def _check_search_bounds(base: Config, search: SearchSpec, fail) -> None:
+    """Every bound and choice of the space must give a valid config."""
+    for key, domain in search.space.items():
+        for value in domain.args:
+            try:
+                validate(with_overrides(base, {key: value}))
+            except ConfigError as err:
+                raise fail(f"search.space.{key}", f"value {value!r}: {err}") from None
+
+
+def _parse_scheduler(value: Any, fail) -> SchedulerSpec:
+    allowed = ("type", "grace_period", "reduction_factor")
+    if not isinstance(value, dict):
+        raise fail("scheduler", f"must be a mapping with keys {', '.join(allowed)}")
+    for key in value:
+        if key not in allowed:
+            raise fail(f"scheduler.{key}", f"unknown key; valid: {', '.join(allowed)}")
+    kind = value.get("type", "asha")
+    if kind != "asha":
+        raise fail("scheduler.type", f"{kind!r}; valid: asha")
+    grace = value.get("grace_period", 10)
+    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 1:
+        raise fail("scheduler.grace_period", f"{grace!r} must be a positive integer")
+    factor = value.get("reduction_factor", 2)
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
+        raise fail("scheduler.reduction_factor", f"{factor!r} must be a number > 1")
+    return SchedulerSpec(type=kind, grace_period=grace, reduction_factor=float(factor))
+
+
+def _parse_resources(value: Any, fail) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise fail("resources", "must be a mapping like {cpu: 1, gpu: 0}")
+    resources = {"cpu": 1.0, "gpu": 0.0}
+    for key, amount in value.items():
+        if key not in resources:
+            raise fail(f"resources.{key}", "unknown resource; valid: cpu, gpu")
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount < 0:
+            raise fail(f"resources.{key}", f"{amount!r} must be a number >= 0")
+        resources[key] = float(amount)
+    if resources["cpu"] <= 0:
+        raise fail("resources.cpu", "must be > 0")
+    return resources

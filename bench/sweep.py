@@ -1,0 +1,296 @@
+"""Sweeps on Ray Tune (grid, or Optuna search with optional ASHA), tracked in MLflow.
+
+The trainable :func:`distill_trainable` calls :func:`dibregman.run.run_experiment` in the
+trial's own directory and forwards every record to ``tune.report`` (with the run's checkpoint
+when one was written), so a retried or restored trial resumes from its checkpoint. A run that
+ends ``diverged`` is a finished trial with that status.
+
+By default the sweep starts a private local Ray runtime on loopback and shuts it down at the
+end; ``--address`` / ``RAY_ADDRESS`` joins an existing cluster instead (then ``--storage`` must
+be shared by every node).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import Callback, Checkpoint
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+from rich.console import Console
+
+from bench.spec import Domain, SweepSpec, trial_name
+from bench.tracking import SweepTracker, open_store, resolve_tracking_uri, trial_run_dir
+from dibregman.config import from_dict, to_dict, with_overrides
+from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_experiment
+
+MAX_FAILURES = 2
+
+
+def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
+                      experiment_path: str) -> None:
+    """Ray Tune function trainable: one Di-Bregman run.
+
+    Args:
+        config: ``{"overrides": {config_key: value, ..., "seed": s}}`` from the param space.
+        base: the sweep's base config (``to_dict`` form).
+        metric: the sweep metric; every report carries its latest value.
+        experiment_path: the sweep's directory in storage (see :func:`trial_run_dir`).
+    """
+    cfg = with_overrides(from_dict(base), config["overrides"])
+    run_dir = trial_run_dir(experiment_path, tune.get_context().get_trial_id())
+    restored = tune.get_checkpoint()
+    local = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if restored is not None and not local.exists():
+        # A trial moved to another node: start from the checkpoint Tune kept in storage.
+        with restored.as_directory() as directory:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(directory) / CHECKPOINT_FILE, local)
+    latest: dict[str, Any] = {}
+    reported_final = False
+
+    def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        nonlocal reported_final
+        latest.update({k: v for k, v in record.items() if k.startswith(("fd_n", "nll_n"))})
+        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report({**latest, **record}, checkpoint=checkpoint)
+        reported_final = bool(record.get("final"))
+
+    result = run_experiment(cfg, run_dir, on_report=report)
+    if not reported_final:  # the run had ended before this attempt: report its stored result
+        for line in (run_dir / METRICS_FILE).read_text().splitlines():
+            latest.update({k: v for k, v in json.loads(line).items() if k == metric})
+        report({"step": result.generator_steps, "run_time_s": result.wall_time_s,
+                "status": result.status, "final": True, **result.metrics}, None)
+
+
+def tune_domain(domain: Domain) -> Any:
+    """A spec search domain as a Ray Tune sampler."""
+    low_high = domain.args
+    return {
+        "loguniform": lambda: tune.loguniform(*low_high),
+        "uniform": lambda: tune.uniform(*low_high),
+        "int": lambda: tune.randint(low_high[0], low_high[1] + 1),
+        "choice": lambda: tune.choice(list(low_high)),
+    }[domain.kind]()
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did: where, how many trials ended how, the best trial."""
+
+    experiment_path: str
+    parent_run_id: str
+    tracking_uri: str
+    counts: dict[str, int]
+    best: tuple[str, float] | None
+    interrupted: bool
+    wall_time_s: float
+
+
+class LiveView(Callback):
+    """A compact console view: one line per ended trial, with counts by status and the best."""
+
+    def __init__(self, spec: SweepSpec, total: int, console: Console) -> None:
+        self.spec = spec
+        self.total = total
+        self.console = console
+        self.ended: dict[str, str] = {}
+        self.best: tuple[str, float] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a console holds locks.
+        return {k: v for k, v in self.__dict__.items() if k != "console"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.console = Console()
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best[1] if self.spec.mode == "min" else value > self.best[1]
+
+    def counts(self, trials: list[Trial] | None = None) -> dict[str, int]:
+        counts = {"finished": 0, "diverged": 0, "stopped": 0, "failed": 0}
+        for status in self.ended.values():
+            counts[status] += 1
+        if trials is not None:
+            counts["running"] = sum(t.status == Trial.RUNNING for t in trials)
+        return counts
+
+    def _line(self, trial: Trial, status: str, trials: list[Trial]) -> None:
+        self.ended[trial.trial_id] = status
+        value = (trial.last_result or {}).get(self.spec.metric)
+        shown = f"{self.spec.metric} {value:.4g}" if isinstance(value, float) else ""
+        if isinstance(value, float) and math.isfinite(value) and self._better(value):
+            self.best = (str(trial), value)
+        counts = "  ".join(f"{k} {v}" for k, v in self.counts(trials).items() if v)
+        best = f"best {self.best[0]} {self.best[1]:.4g}" if self.best else ""
+        self.console.print(f"[{len(self.ended)}/{self.total}] {trial} {status} {shown}  |  "
+                           f"{counts}  |  {best}", highlight=False, soft_wrap=True)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info):
+        last = trial.last_result or {}
+        self._line(trial, str(last.get("status", "stopped")) if last.get("final") else "stopped",
+                   trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):
+        self._line(trial, "failed", trials)
+
+
+def expanded_trials(spec: SweepSpec) -> list[str]:
+    """Human-readable lines describing the trials a spec will run (for ``--dry-run``)."""
+    if spec.search is None:
+        return [f"{trial_name(t)}: {t}" for t in spec.trials()]
+    space = ", ".join(f"{k} ~ {d.kind}{list(d.args)}" for k, d in spec.search.space.items())
+    return [f"{spec.search.num_samples} Optuna samples (TPE, seed {spec.search.sampler_seed}) "
+            f"of {space}; seed {spec.seeds[0]}"]
+
+
+def latest_experiment(storage: Path, name: str) -> Path | None:
+    """The newest restorable Ray experiment directory of sweep ``name`` under ``storage``."""
+    candidates = sorted(storage.glob(f"{name}-*"), key=lambda p: p.name, reverse=True)
+    return next((p for p in candidates if tune.Tuner.can_restore(str(p))), None)
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private, quiet, loopback runtime."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR,
+             "configure_logging": True}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", **quiet)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    max_concurrent: int | None = None,
+    tracking_uri: str | None = None,
+    storage: str | Path = "ray_results",
+    num_cpus: int | None = None,
+    console: Console | None = None,
+) -> SweepSummary:
+    """Run (or resume) a sweep; every trial is mirrored to MLflow.
+
+    Args:
+        spec: a validated spec.
+        address: a Ray cluster to join (None: ``$RAY_ADDRESS`` or a private local runtime).
+        resume: restore the newest interrupted experiment of this sweep under ``storage``;
+            finished trials are not run again.
+        max_concurrent: concurrent trials (overrides the spec).
+        tracking_uri: MLflow store (None: ``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+        storage: Ray Tune storage directory (shared by every node on a cluster).
+        num_cpus: CPUs of a private local runtime (None: all).
+        console: where the live view prints.
+
+    Raises:
+        FileNotFoundError: ``resume`` with no restorable experiment of this sweep.
+    """
+    console = console or Console()
+    started = time.perf_counter()
+    storage = Path(storage).resolve()
+    uri = resolve_tracking_uri(tracking_uri)
+    if resume:
+        previous = latest_experiment(storage, spec.name)
+        if previous is None:
+            raise FileNotFoundError(
+                f"no interrupted sweep {spec.name!r} under {storage} to resume")
+        experiment_path = previous
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        experiment_path = storage / f"{spec.name}-{stamp}"
+    client = open_store(uri)  # the driver creates the store before any trial starts
+    tracker = SweepTracker.start(client, spec, str(experiment_path), resume=resume)
+    total = spec.search.num_samples if spec.search else len(spec.trials())
+    view = LiveView(spec, total, console)
+
+    base = spec.base_config()
+    trainable = tune.with_resources(
+        tune.with_parameters(distill_trainable, base=to_dict(base), metric=spec.metric,
+                             experiment_path=str(experiment_path)),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
+    )
+    run_config = tune.RunConfig(
+        name=experiment_path.name,
+        storage_path=str(storage),
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[tracker, view],
+        verbose=0,
+    )
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is silent only in this mode
+    start_ray(address, num_cpus)
+    interrupted = False
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment_path), trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=_param_space(spec),
+                               tune_config=_tune_config(spec, base, max_concurrent),
+                               run_config=run_config)
+        console.print(f"sweep {spec.name}: {total} trials · Ray experiment {experiment_path} · "
+                      f"MLflow {uri}", highlight=False)
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        counts = view.counts()
+        interrupted = interrupted or sum(counts.values()) < total and not spec.time_budget_s
+        tracker.close("KILLED" if interrupted else
+                      "FAILED" if counts["failed"] else "FINISHED")
+        ray.shutdown()
+    return SweepSummary(str(experiment_path), tracker.parent_run_id, uri, counts, view.best,
+                        interrupted, time.perf_counter() - started)
+
+
+def _param_space(spec: SweepSpec) -> dict[str, Any]:
+    if spec.search is None:
+        return {"overrides": tune.grid_search(spec.trials())}
+    space = {key: tune_domain(domain) for key, domain in spec.search.space.items()}
+    return {"overrides": {**space, "seed": spec.seeds[0]}}
+
+
+def _tune_config(spec: SweepSpec, base, max_concurrent: int | None) -> tune.TuneConfig:
+    search_alg = scheduler = None
+    if spec.search is not None:
+        import optuna
+
+        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.sampler_seed))
+    if spec.scheduler is not None:
+        reports = base.train.generator_steps // base.log_every + 2
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=reports,
+                                  grace_period=min(spec.scheduler.grace_period, reports),
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    return tune.TuneConfig(
+        metric=spec.metric,
+        mode=spec.mode,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=spec.search.num_samples if spec.search else 1,
+        max_concurrent_trials=max_concurrent or spec.max_concurrent,
+        time_budget_s=spec.time_budget_s,
+        reuse_actors=True,
+        trial_name_creator=lambda trial: trial_name(trial.config["overrides"]),
+        trial_dirname_creator=lambda trial: f"{trial_name(trial.config['overrides'])}"
+                                            f"-{trial.trial_id}",
+    )

@@ -1,0 +1,260 @@
+"""MLflow tracking of sweeps: one parent run per sweep, one child run per trial.
+
+All MLflow writes happen in the sweep driver (a Ray Tune callback), never in trial workers, so
+a sqlite store sees one writer. The driver creates the store and the experiment before any
+trial starts.
+
+Child runs are keyed by the Ray trial id (tag ``ray.trial_id``): a retried or restored trial
+reopens its own child run instead of creating a second one, and records at or below the last
+logged step are not logged again. Every run ends FINISHED, FAILED or KILLED.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from bench.spec import SweepSpec, trial_name
+from dibregman import __version__
+from dibregman.config import flatten, with_overrides
+from dibregman.run import CONFIG_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE, git_revision
+
+DEFAULT_STORE = "mlflow.db"
+PARENT_TAG = "sweep.parent"  # "true" on parent runs
+EXPERIMENT_PATH_TAG = "sweep.experiment_path"
+TRIAL_TAG = "ray.trial_id"
+NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "step", "final", "should_checkpoint", "trial_id",
+               "experiment_tag"}
+
+
+def trial_run_dir(experiment_path: str | Path, trial_id: str) -> Path:
+    """Where a trial's ``run_experiment`` files live: ``EXPERIMENT/runs/TRIAL_ID``.
+
+    Beside Ray's own trial directories in the sweep's storage (shared on a cluster), so the
+    driver can read them as soon as the trial ends and a restored trial finds them again.
+    """
+    return Path(experiment_path) / "runs" / trial_id
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's sqlite default ``./mlflow.db``.
+
+    A relative sqlite path is made absolute so the driver and ``bench ui`` agree.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def open_store(uri: str) -> MlflowClient:
+    """Point MLflow at ``uri`` and make sure the store exists (creates a sqlite file once)."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    client.search_experiments(max_results=1)  # creates and migrates a fresh sqlite store
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def _finite_metrics(record: dict[str, Any], step: int, timestamp: int) -> list[Metric]:
+    metrics = []
+    for key, value in record.items():
+        if key in NOT_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        value = float(value)
+        metrics.append(Metric(key, value if math.isfinite(value) else float("nan"),
+                              timestamp, step))
+    return metrics
+
+
+class SweepTracker(Callback):
+    """A Ray Tune callback that mirrors a sweep into MLflow.
+
+    Args:
+        client: an MLflow client on the sweep's store.
+        spec: the sweep spec (tags and provenance).
+        experiment_path: the Ray experiment directory (identifies the sweep for ``--resume``).
+        parent_run_id: the sweep's parent run.
+    """
+
+    def __init__(self, client: MlflowClient, spec: SweepSpec, experiment_path: str,
+                 parent_run_id: str) -> None:
+        self.client = client
+        self.spec = spec
+        self.experiment_path = experiment_path
+        self.parent_run_id = parent_run_id
+        self.experiment_id = client.get_run(parent_run_id).info.experiment_id
+        self.child_runs: dict[str, str] = {}
+        self.tracking_uri = client.tracking_uri
+        self.logged_step: dict[str, int] = {}
+        self.logged_keys: dict[str, set[str]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a client holds locks.
+        return {k: v for k, v in self.__dict__.items() if k != "client"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.client = MlflowClient(self.tracking_uri)
+
+    # -- parent ----------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, client: MlflowClient, spec: SweepSpec, experiment_path: str,
+              resume: bool) -> SweepTracker:
+        """Create (or, on resume, reopen) the sweep's parent run and return the tracker."""
+        exp_id = experiment_id(client, spec.name)
+        parent = None
+        if resume:
+            found = client.search_runs(
+                [exp_id], f"tags.`{EXPERIMENT_PATH_TAG}` = '{experiment_path}' "
+                          f"and tags.`{PARENT_TAG}` = 'true'", max_results=1)
+            parent = found[0].info.run_id if found else None
+        if parent is None:
+            base = spec.base_config()
+            run = client.create_run(exp_id, run_name=Path(experiment_path).name, tags={
+                PARENT_TAG: "true",
+                EXPERIMENT_PATH_TAG: experiment_path,
+                "sweep.name": spec.name,
+                "sweep.spec_hash": spec.spec_hash,
+                "sweep.spec_path": str(spec.path),
+                "sweep.preset": spec.preset,
+                "sweep.metric": spec.metric,
+                "sweep.mode": spec.mode,
+                "sweep.kind": "search" if spec.search else "grid",
+                "code.version": __version__,
+                "code.git_revision": git_revision(),
+            })
+            parent = run.info.run_id
+            client.log_text(parent, spec.path.read_text(), "spec.yaml")
+            client.log_dict(parent, flatten(base), "base_config.json")
+        else:
+            client.update_run(parent, status="RUNNING")
+        return cls(client, spec, experiment_path, parent)
+
+    def close(self, status: str) -> None:
+        """End the parent, and mark any child still RUNNING as KILLED (an interrupted sweep)."""
+        for run in self.client.search_runs(
+                [self.experiment_id],
+                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
+                f"and attributes.status = 'RUNNING'"):
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.set_terminated(self.parent_run_id, status)
+
+    # -- children --------------------------------------------------------------------------------
+
+    def _child(self, trial: Trial) -> str:
+        """The child run of ``trial``: reopened if it exists, else created with its params."""
+        if trial.trial_id in self.child_runs:
+            return self.child_runs[trial.trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' "
+            f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=1)
+        overrides = trial.config["overrides"]
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            history = self.client.get_metric_history(run_id, "wall_time_s")
+            self.logged_step[run_id] = max((m.step for m in history), default=-1)
+            self.logged_keys[run_id] = set(found[0].data.metrics)
+        else:
+            cfg = with_overrides(self.spec.base_config(), overrides)
+            name = trial_name(overrides)
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags={
+                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                MLFLOW_RUN_NAME: name,
+                TRIAL_TAG: trial.trial_id,
+                "sweep.name": self.spec.name,
+                "sweep.spec_hash": self.spec.spec_hash,
+                "generator": cfg.generator.name,
+                "generator.alpha": str(cfg.generator.alpha),
+                "seed": str(cfg.seed),
+                "preset": cfg.preset,
+                "status": "running",
+                "code.version": __version__,
+                "code.git_revision": git_revision(),
+            }).info.run_id
+            params = [Param(k, str(v)) for k, v in flatten(cfg).items()]
+            for start in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[start:start + 100])
+            self.logged_step[run_id] = -1
+            self.logged_keys[run_id] = set()
+        self.child_runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._child(trial)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
+                        result: dict, **info) -> None:
+        run_id = self._child(trial)
+        step = int(result.get("step", 0))
+        metrics = _finite_metrics(result, step, int(time.time() * 1000))
+        if result.get("final"):
+            # The final metrics (names carry their sample counts), once, at the last step; the
+            # curve values repeated in the final report are logged already.
+            metrics = [m for m in metrics if m.key not in self.logged_keys[run_id]]
+            self.client.log_batch(run_id, metrics=metrics, tags=[
+                RunTag("status", str(result.get("status", "finished")))])
+            return
+        if step <= self.logged_step[run_id]:
+            return  # logged before a restore
+        self.client.log_batch(run_id, metrics=metrics)
+        self.logged_step[run_id] = step
+        self.logged_keys[run_id].update(m.key for m in metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
+                          **info) -> None:
+        run_id = self._child(trial)
+        last = trial.last_result or {}
+        if not last.get("final"):
+            # Stopped early by the scheduler or the time budget: a finished trial, not a run
+            # that reached its last step.
+            self.client.set_tag(run_id, "status", "stopped")
+        run_dir = trial_run_dir(self.experiment_path, trial.trial_id)
+        for name in (CONFIG_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
+            if (run_dir / name).exists():
+                self.client.log_artifact(run_id, str(run_dir / name))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        run_id = self._child(trial)
+        if trial.error_file and Path(trial.error_file).exists():
+            self.client.log_artifact(run_id, trial.error_file)
+        self.client.set_tag(run_id, "status", "failed")
+        self.client.set_terminated(run_id, "FAILED")
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,
+                         **info) -> None:
+        run_id = self._child(trial)
+        retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
+        self.client.set_tag(run_id, "retries", str(retries))
+
+
+def child_runs(client: MlflowClient, parent_run_id: str) -> list[Any]:
+    """All child runs of a sweep's parent run."""
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+                              max_results=10_000)
