@@ -195,6 +195,31 @@ def sweep(
 
 
 @app.command()
+def report(
+    sweep_name: Annotated[
+        str | None, typer.Argument(metavar="[SWEEP_NAME]", help="Default: the latest sweep.")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (as for sweep).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Default: reports/SWEEP_NAME.")] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="Pages to write: md, html or md,html.")
+    ] = "md,html",
+) -> None:
+    """Render a sweep's comparison tables and trade-off charts into reports/."""
+    import time
+
+    from bench.report import ReportError, build_report
+
+    started = time.perf_counter()
+    formats = tuple(f.strip() for f in format_.split(",") if f.strip())
+    try:
+        directory = build_report(sweep_name, tracking_uri, out, formats)
+    except ReportError as err:
+        raise fail(str(err)) from None
+    console.print(f"report written to {directory} in {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
 def ui(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (as for sweep).")] = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,

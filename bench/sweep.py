@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ray
 from ray import tune
@@ -101,14 +101,22 @@ class SweepSummary:
 
 
 class LiveView(Callback):
-    """A compact console view: one line per ended trial, with counts by status and the best."""
+    """A compact console view (one line per ended trial: counts by status, best so far) that
+    also keeps the tally of how every trial of the sweep ended, restored ones included."""
+
+    # Tuner.restore brings back the callbacks pickled with the experiment, not the ones the
+    # driver builds for the resumed session: the view in use registers itself here.
+    active: ClassVar[LiveView | None] = None
 
     def __init__(self, spec: SweepSpec, total: int, console: Console) -> None:
         self.spec = spec
         self.total = total
         self.console = console
-        self.ended: dict[str, str] = {}
+        self.ended: dict[str, str] = {}  # trial id -> finished / diverged / stopped / failed
         self.best: tuple[str, float] | None = None
+        self.all_trials: list[Trial] | None = None
+        self.started = False
+        LiveView.active = self
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; a console holds locks.
@@ -117,38 +125,59 @@ class LiveView(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.console = Console()
+        self.started = False
+        LiveView.active = self
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value < self.best[1] if self.spec.mode == "min" else value > self.best[1]
+    def _end(self, trial: Trial, status: str) -> None:
+        self.ended[trial.trial_id] = status
+        value = (trial.last_result or {}).get(self.spec.metric)
+        if isinstance(value, float) and math.isfinite(value) and (
+                self.best is None or (value < self.best[1] if self.spec.mode == "min"
+                                      else value > self.best[1])):
+            self.best = (str(trial), value)
 
-    def counts(self, trials: list[Trial] | None = None) -> dict[str, int]:
+    @staticmethod
+    def _status(trial: Trial) -> str:
+        last = trial.last_result or {}
+        return str(last.get("status")) if last.get("final") else "stopped"
+
+    def counts(self) -> dict[str, int]:
         counts = {"finished": 0, "diverged": 0, "stopped": 0, "failed": 0}
         for status in self.ended.values():
             counts[status] += 1
-        if trials is not None:
-            counts["running"] = sum(t.status == Trial.RUNNING for t in trials)
         return counts
 
-    def _line(self, trial: Trial, status: str, trials: list[Trial]) -> None:
-        self.ended[trial.trial_id] = status
+    def _line(self, trial: Trial, trials: list[Trial]) -> None:
         value = (trial.last_result or {}).get(self.spec.metric)
         shown = f"{self.spec.metric} {value:.4g}" if isinstance(value, float) else ""
-        if isinstance(value, float) and math.isfinite(value) and self._better(value):
-            self.best = (str(trial), value)
-        counts = "  ".join(f"{k} {v}" for k, v in self.counts(trials).items() if v)
+        counts = {**self.counts(), "running": sum(t.status == Trial.RUNNING for t in trials)}
+        listed = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
         best = f"best {self.best[0]} {self.best[1]:.4g}" if self.best else ""
-        self.console.print(f"[{len(self.ended)}/{self.total}] {trial} {status} {shown}  |  "
-                           f"{counts}  |  {best}", highlight=False, soft_wrap=True)
+        self.console.print(f"[{len(self.ended)}/{self.total}] {trial} "
+                           f"{self.ended[trial.trial_id]} {shown}  |  {listed}  |  {best}",
+                           highlight=False, soft_wrap=True)
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
+        if not self.started:  # a restored sweep: trials that ended in an earlier session
+            self.started = True
+            for trial in trials:
+                if trial.status == Trial.TERMINATED and trial.trial_id not in self.ended:
+                    self._end(trial, self._status(trial))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info):
-        last = trial.last_result or {}
-        self._line(trial, str(last.get("status", "stopped")) if last.get("final") else "stopped",
-                   trials)
+        self._end(trial, self._status(trial))
+        self._line(trial, trials)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):
-        self._line(trial, "failed", trials)
+        self._end(trial, "failed")
+        self._line(trial, trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info) -> None:
+        self.all_trials = list(trials)
+
+    def interrupted(self) -> bool:
+        """True if some trial neither ended nor failed (Ctrl-C, a killed driver)."""
+        return self.all_trials is None or len(self.ended) < len(self.all_trials)
 
 
 def expanded_trials(spec: SweepSpec) -> list[str]:
@@ -252,15 +281,17 @@ def run_sweep(
                       f"MLflow {uri}", highlight=False)
         tuner.fit()
     except KeyboardInterrupt:
-        interrupted = True
+        pass  # a second Ctrl-C: Tune skipped its last snapshot; the sweep is interrupted
     finally:
-        counts = view.counts()
-        interrupted = interrupted or sum(counts.values()) < total and not spec.time_budget_s
-        tracker.close("KILLED" if interrupted else
-                      "FAILED" if counts["failed"] else "FINISHED")
         ray.shutdown()
+    view = LiveView.active or view
+    counts = view.counts()
+    elapsed = time.perf_counter() - started
+    out_of_time = spec.time_budget_s is not None and elapsed >= spec.time_budget_s
+    interrupted = view.interrupted() and not out_of_time
+    tracker.close("KILLED" if interrupted else "FAILED" if counts["failed"] else "FINISHED")
     return SweepSummary(str(experiment_path), tracker.parent_run_id, uri, counts, view.best,
-                        interrupted, time.perf_counter() - started)
+                        interrupted, elapsed)
 
 
 def _param_space(spec: SweepSpec) -> dict[str, Any]:

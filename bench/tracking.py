@@ -11,6 +11,7 @@ logged step are not logged again. Every run ends FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -234,10 +235,28 @@ class SweepTracker(Callback):
             # that reached its last step.
             self.client.set_tag(run_id, "status", "stopped")
         run_dir = trial_run_dir(self.experiment_path, trial.trial_id)
+        self._backfill(run_id, run_dir / METRICS_FILE)
         for name in (CONFIG_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
             if (run_dir / name).exists():
                 self.client.log_artifact(run_id, str(run_dir / name))
         self.client.set_terminated(run_id, "FINISHED")
+
+    def _backfill(self, run_id: str, metrics_file: Path) -> None:
+        """Log records of the run's ``metrics.jsonl`` that never reached the driver.
+
+        An interrupt can land after a worker reported a record but before the driver logged
+        it; the resumed run continues after its checkpoint and never reports it again. The
+        file is the run's own record, so the gap is filled from it.
+        """
+        if not metrics_file.exists():
+            return
+        logged = {m.step for m in self.client.get_metric_history(run_id, "wall_time_s")}
+        now = int(time.time() * 1000)
+        for line in metrics_file.read_text().splitlines():
+            record = json.loads(line)
+            if record["step"] not in logged:
+                self.client.log_batch(run_id, metrics=_finite_metrics(record, record["step"],
+                                                                      now))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         run_id = self._child(trial)

@@ -1,0 +1,109 @@
+"""Sweep specs: expansion, and one clear error (file, key path, valid choices) per mistake."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.spec import SpecError, load_spec, trial_name
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+BASE = {"name": "t", "preset": "gmm2d-tiny", "grid": {"generator": ["reverse_kl"]},
+        "metric": "fd_n256"}
+
+
+def test_grid_union_and_seeds_expand_in_order(tmp_path):
+    spec = load_spec(write(tmp_path, {**BASE, "seeds": [0, 1], "grid": [
+        {"generator": ["reverse_kl", "pearson"]},
+        {"generator": ["alpha"], "generator.alpha": [0.5, 2.0], "train.lr": [1e-3]},
+    ]}))
+    names = [trial_name(t) for t in spec.trials()]
+    assert names == ["reverse_kl-s0", "reverse_kl-s1", "pearson-s0", "pearson-s1",
+                     "alpha-a0.5-lr=0.001-s0", "alpha-a0.5-lr=0.001-s1",
+                     "alpha-a2-lr=0.001-s0", "alpha-a2-lr=0.001-s1"]
+    assert spec.trials()[4] == {"generator.name": "alpha", "generator.alpha": 0.5,
+                                "train.lr": 1e-3, "seed": 0}
+
+
+def test_shipped_specs_are_valid():
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.name == path.stem
+
+
+def test_default_sweep_covers_every_generator():
+    from dibregman.bregman import generator_names
+
+    spec = load_spec(SWEEPS / "divergences.yaml")
+    assert {t["generator.name"] for t in spec.trials()} == set(generator_names())
+    assert len(spec.seeds) == 3
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"grdi": {}}, "grdi: unknown key; valid: name, preset, set, grid"),
+    ({"preset": "gmm3d"}, "preset: unknown preset 'gmm3d'; valid: gmm16d"),
+    ({"grid": {"generator": ["kl"]}}, "grid: kl-s0: generator.name / generator.alpha: unknown "
+                                      "Bregman generator 'kl'; valid: alpha"),
+    ({"grid": {"train.lrr": [1]}}, "grid.train.lrr: unknown config key; valid: generator"),
+    ({"grid": {}}, "grid: must be a non-empty mapping"),
+    ({"grid": []}, "grid: is empty"),
+    ({"grid": {"generator": []}}, "grid.generator: must be a non-empty list"),
+    ({"grid": {"seed": [1, 2]}}, "grid.seed: seeds are repetitions"),
+    ({"set": {"train.lr": "fast"}}, "set: bad value 'fast' for train.lr: expected a number"),
+    ({"seeds": "0"}, "seeds: '0' must be a non-empty list of integers"),
+    ({"metric": "fd_n10000"}, "metric: 'fd_n10000' is not reported during training; valid"),
+    ({"mode": "minimum"}, "mode: 'minimum'; valid: min, max"),
+    ({"resources": {"tpu": 1}}, "resources.tpu: unknown resource; valid: cpu, gpu"),
+    ({"scheduler": {"type": "pbt"}}, "scheduler.type: 'pbt'; valid: asha"),
+    ({"search": {"num_samples": 2, "space": {"generator.alpha": {"uniform": [0, 1]}}}},
+     "grid: a spec has either grid or search"),
+    ({"grid": {"generator": ["power"], "generator.alpha": [-1.0]}},
+     "grid: power-a-1-s0: generator.name / generator.alpha"),
+])
+def test_mistakes_name_file_key_and_choices(tmp_path, change, message):
+    path = write(tmp_path, {**BASE, **change})
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    text = str(info.value)
+    assert text.startswith(str(path) + ": ")
+    assert message in text
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"generator.alpha": {"normal": [0, 1]}}, "unknown domain 'normal'; valid: loguniform"),
+    ({"train.lr": {"loguniform": [0, 1]}}, "needs low > 0"),
+    ({"train.lr": {"uniform": [1, 0]}}, "needs [low, high] with low < high"),
+    ({"generator.alpha": {"uniform": [-1.0, 1.0]}}, "search.space.generator.alpha: value -1.0"),
+])
+def test_search_space_errors(tmp_path, space, message):
+    data = {**BASE, "set": {"generator": "power"},
+            "search": {"num_samples": 3, "space": space}}
+    del data["grid"]
+    with pytest.raises(SpecError, match=None) as info:
+        load_spec(write(tmp_path, data))
+    assert message in str(info.value)
+
+
+def test_search_takes_one_seed(tmp_path):
+    data = {**BASE, "seeds": [0, 1],
+            "search": {"num_samples": 3, "space": {"train.lr": {"loguniform": [1e-4, 1e-3]}}}}
+    del data["grid"]
+    with pytest.raises(SpecError, match="a search sweep takes one seed"):
+        load_spec(write(tmp_path, data))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="no such sweep spec file"):
+        load_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)

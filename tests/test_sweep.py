@@ -1,0 +1,169 @@
+"""Sweeps on a real local Ray runtime with a real sqlite MLflow store in a temporary directory."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.spec import load_spec
+from bench.sweep import run_sweep
+from dibregman.config import flatten, get_preset, with_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_spec(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def children(client: mlflow.MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_grid_sweep_tracks_one_parent_and_a_child_per_trial(grid_sweep):
+    """Two generators finish; a third trial forced to diverge is a finished, diverged run."""
+    uri, summary, _ = grid_sweep
+    assert summary.counts == {"finished": 4, "diverged": 2, "stopped": 0, "failed": 0}
+    assert not summary.interrupted
+
+    client = mlflow.MlflowClient(uri)
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.name"] == "grid"
+    runs = {r.info.run_name: r for r in children(client, summary.parent_run_id)}
+    diverging = "forward_kl-lr=1e+12-max_nonfinite_steps=2-generator_steps=40"
+    assert set(runs) == {f"{g}-s{s}" for g in ("reverse_kl", "pearson", diverging)
+                         for s in (0, 1)}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    pearson = runs["pearson-s0"]
+    expected = flatten(with_overrides(get_preset("gmm2d-tiny"), {"generator.name": "pearson"}))
+    assert pearson.data.params == {k: str(v) for k, v in expected.items()}
+    assert pearson.data.tags["status"] == "finished" and pearson.data.tags["seed"] == "0"
+    assert {"fd_n512", "nll_n512", "modes_covered_n512", "precision_k3_n256", "recall_k3_n256",
+            "mmd_n256", "weight_mean", "ratio_q50", "ratio_accuracy"} <= set(pearson.data.metrics)
+    history = client.get_metric_history(pearson.info.run_id, "weight_max")
+    assert sorted(m.step for m in history) == [2, 4, 6]  # log_every = 2 generator steps
+    assert {"config.json", "samples.png", "metrics.jsonl", "final_metrics.json"} <= {
+        a.path for a in client.list_artifacts(pearson.info.run_id)}
+
+    diverged = runs[f"{diverging}-s1"]
+    assert diverged.data.tags["status"] == "diverged"
+    assert "fd_n512" not in diverged.data.metrics
+
+
+def test_optuna_search_runs_its_samples_with_asha(tmp_path):
+    spec = load_spec(write_spec(tmp_path, {
+        "name": "search", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": [0],
+        "set": {"generator": "alpha", "train.generator_steps": 8},
+        "search": {"num_samples": 4, "sampler_seed": 3,
+                   "space": {"generator.alpha": {"uniform": [-1.0, 2.0]},
+                             "train.lr": {"loguniform": [1e-4, 1e-2]}}},
+        "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+    }))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    summary = run_sweep(spec, tracking_uri=uri, storage=tmp_path / "ray", num_cpus=2)
+    client = mlflow.MlflowClient(uri)
+    runs = children(client, summary.parent_run_id)
+    assert len(runs) == 4 and sum(summary.counts.values()) == 4
+    alphas = {float(r.data.params["generator.alpha"]) for r in runs}
+    assert len(alphas) == 4 and all(-1.0 <= a <= 2.0 for a in alphas)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert client.get_run(summary.parent_run_id).data.tags["sweep.kind"] == "search"
+
+
+def test_spec_typo_exits_2_naming_the_key_and_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tmp_path, {"name": "typo", "preset": "gmm2d-tiny", "metric": "fd_n256",
+                                 "grid": {"generator": ["reverse_kl"], "trian.lr": [1e-3]}})
+    result = CliRunner().invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: grid.trian.lr: unknown config key" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.yaml"]  # no store, no storage
+
+
+def test_dry_run_lists_trials_without_starting_anything(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["sweep", str(REPO / "sweeps" / "divergences.yaml"),
+                                      "--dry-run"])
+    assert result.exit_code == 0
+    assert "42 trials" in result.output and "power-a0.5-s2" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
+    spec = write_spec(tmp_path, {
+        "name": "resume", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": [0, 1, 2],
+        "set": {"train.generator_steps": 150, "log_every": 10, "checkpoint_every": 30,
+                "eval.every": 10},
+        "grid": {"generator": ["reverse_kl", "pearson"]},
+    })
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "bench.cli", "sweep", str(spec), "--tracking-uri", uri,
+               "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = mlflow.MlflowClient(uri)
+    try:
+        deadline = time.monotonic() + 120
+        finished_before: dict[str, int] = {}
+        while time.monotonic() < deadline and len(finished_before) < 2:
+            time.sleep(0.5)
+            if not (tmp_path / "mlflow.db").exists():
+                continue
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      "attributes.status = 'FINISHED' "
+                                      "and tags.`mlflow.parentRunId` != ''")
+            finished_before = {r.info.run_name: r.info.end_time for r in runs}
+        assert len(finished_before) >= 2, "no trial finished in time"
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 130, output
+    assert "--resume" in output
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiments, "tags.`sweep.parent` = 'true'")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    interrupted = client.search_runs(experiments, "tags.`mlflow.parentRunId` != ''")
+    assert len(interrupted) < 6 or any(r.info.status == "KILLED" for r in interrupted)
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in interrupted)
+
+    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    runs = client.search_runs(experiments, "tags.`mlflow.parentRunId` != ''")
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(f"{g}-s{s}" for g in ("reverse_kl", "pearson") for s in range(3))
+    assert all(r.info.status == "FINISHED" and r.data.tags["status"] == "finished" for r in runs)
+    for run in runs:  # finished trials were not run again
+        if run.info.run_name in finished_before:
+            assert run.info.end_time == finished_before[run.info.run_name]
+        history = client.get_metric_history(run.info.run_id, "weight_mean")
+        steps = [m.step for m in history]
+        assert sorted(steps) == list(range(10, 151, 10)), run.info.run_name  # each step once
+    parent = client.get_run(parents[0].info.run_id)
+    assert parent.info.status == "FINISHED"
+    assert len(client.search_runs(experiments, "tags.`sweep.parent` = 'true'")) == 1
+
+
+@pytest.mark.slow
+def test_alpha_search_spec_end_to_end(tmp_path):
+    spec = load_spec(REPO / "sweeps" / "alpha_search.yaml")
+    summary = run_sweep(spec, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                        storage=tmp_path / "ray", num_cpus=2)
+    assert sum(summary.counts.values()) == spec.search.num_samples
+    assert summary.best is not None
