@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from bench.tracking import EXPERIMENT_PATH_TAG, PARENT_TAG, open_store  # noqa: E402
+from bench.tracking import EXPERIMENT_PATH_TAG, PARENT_TAG, child_runs, open_store  # noqa: E402
 
 # Artifact downloads here are single small files: no progress bar per file.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -102,16 +102,10 @@ def find_parent(client: MlflowClient, sweep: str | None) -> Any:
     if not matching:
         raise ReportError(f"no sweep named {sweep!r}; {listing}")
     for parent in matching:
-        if _children(client, parent):
+        if child_runs(client, parent):
             return parent
     raise ReportError(f"sweep {sweep or matching[0].data.tags.get('sweep.name')!r} has no "
                       f"trials yet; {listing}")
-
-
-def _children(client: MlflowClient, parent: Any) -> list[Any]:
-    return client.search_runs([parent.info.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                              max_results=10_000)
 
 
 def generator_label(generator: str, alpha: str | float) -> str:
@@ -121,7 +115,7 @@ def generator_label(generator: str, alpha: str | float) -> str:
 
 def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepData:
     """Children of ``parent`` as a frame, plus their metric histories."""
-    runs = _children(client, parent)
+    runs = child_runs(client, parent)
     rows = []
     for run in runs:
         params, tags = run.data.params, run.data.tags

@@ -106,7 +106,7 @@ class SweepTracker(Callback):
         self.experiment_path = experiment_path
         self.parent_run_id = parent_run_id
         self.experiment_id = client.get_run(parent_run_id).info.experiment_id
-        self.child_runs: dict[str, str] = {}
+        self.run_ids: dict[str, str] = {}
         self.tracking_uri = client.tracking_uri
         self.logged_step: dict[str, int] = {}
         self.logged_keys: dict[str, set[str]] = {}
@@ -156,10 +156,8 @@ class SweepTracker(Callback):
 
     def close(self, status: str) -> None:
         """End the parent, and mark any child still RUNNING as KILLED (an interrupted sweep)."""
-        for run in self.client.search_runs(
-                [self.experiment_id],
-                f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' "
-                f"and attributes.status = 'RUNNING'"):
+        parent = self.client.get_run(self.parent_run_id)
+        for run in child_runs(self.client, parent, "attributes.status = 'RUNNING'"):
             self.client.set_terminated(run.info.run_id, "KILLED")
         self.client.set_terminated(self.parent_run_id, status)
 
@@ -167,8 +165,8 @@ class SweepTracker(Callback):
 
     def _child(self, trial: Trial) -> str:
         """The child run of ``trial``: reopened if it exists, else created with its params."""
-        if trial.trial_id in self.child_runs:
-            return self.child_runs[trial.trial_id]
+        if trial.trial_id in self.run_ids:
+            return self.run_ids[trial.trial_id]
         found = self.client.search_runs(
             [self.experiment_id],
             f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' "
@@ -202,7 +200,7 @@ class SweepTracker(Callback):
                 self.client.log_batch(run_id, params=params[start:start + 100])
             self.logged_step[run_id] = -1
             self.logged_keys[run_id] = set()
-        self.child_runs[trial.trial_id] = run_id
+        self.run_ids[trial.trial_id] = run_id
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
@@ -272,8 +270,8 @@ class SweepTracker(Callback):
         self.client.set_tag(run_id, "retries", str(retries))
 
 
-def child_runs(client: MlflowClient, parent_run_id: str) -> list[Any]:
-    """All child runs of a sweep's parent run."""
-    experiment = client.get_run(parent_run_id).info.experiment_id
-    return client.search_runs([experiment], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
-                              max_results=10_000)
+def child_runs(client: MlflowClient, parent: Any, where: str = "") -> list[Any]:
+    """The child runs of a sweep's parent run, optionally filtered further (``where``)."""
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'"
+    return client.search_runs([parent.info.experiment_id],
+                              f"{query} and {where}" if where else query, max_results=10_000)
