@@ -1,34 +1,38 @@
 """Sessions: `nox -s tests`, `nox -s slow`, `nox -s lint`, `nox -s bench_engine`.
 
-Every session runs in the environment nox itself was started from (`python=False`): the
-project's `.venv`, installed by `pip install -e '.[test]'`. A nox-made virtualenv per session
-would install a second multi-GB torch build for nothing.
+Every session runs in the environment nox itself was started from (`python=False`, and
+`sys.executable` rather than whatever `python` is first on PATH): the project's `.venv`,
+installed by `pip install -e '.[test]'`. A nox-made virtualenv per session would install a
+second multi-GB torch build for nothing.
 """
+
+import sys
 
 import nox
 
 nox.options.sessions = ["lint", "tests"]
+PYTHON = sys.executable
 
 
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
     """The fast suite (slow-marked tests excluded; under 5 minutes on 2 cores)."""
-    session.run("python", "-m", "pytest", "-q", "--durations=10", *session.posargs)
+    session.run(PYTHON, "-m", "pytest", "-q", "--durations=10", *session.posargs)
 
 
 @nox.session(python=False)
 def slow(session: nox.Session) -> None:
     """End-to-end checks on full presets (minutes)."""
-    session.run("python", "-m", "pytest", "-q", "-m", "slow", *session.posargs)
+    session.run(PYTHON, "-m", "pytest", "-q", "-m", "slow", *session.posargs)
 
 
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests, benchmarks and this file."""
-    session.run("ruff", "check", "dibregman", "bench", "tests", "benchmarks", "noxfile.py")
+    session.run(PYTHON, "-m", "ruff", "check", "dibregman", "bench", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session(python=False)
 def bench_engine(session: nox.Session) -> None:
     """Per-generator table of `bench run --preset gmm2d`: FD drop, quality, wall time, memory."""
-    session.run("python", "benchmarks/engine.py", *session.posargs)
+    session.run(PYTHON, "benchmarks/engine.py", *session.posargs)
