@@ -29,7 +29,8 @@ def slow(session: nox.Session) -> None:
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
     """ruff over the packages, tests, benchmarks and this file."""
-    session.run(PYTHON, "-m", "ruff", "check", "dibregman", "bench", "tests", "benchmarks", "noxfile.py")
+    session.run(PYTHON, "-m", "ruff", "check", "dibregman", "bench", "tests", "benchmarks",
+                "noxfile.py")
 
 
 @nox.session(python=False)

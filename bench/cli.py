@@ -135,6 +135,60 @@ def run(
 
 
 @app.command()
+def teacher(
+    preset: Annotated[str, typer.Option(help="An image preset; see `bench list`.")] = "digits",
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset (image_teacher.dataset): digits, mnist, cifar10 "
+                                      "or folder:PATH.")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Where a downloadable dataset lives.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override KEY=VALUE (repeatable).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Teacher directory (default: the cache, keyed by the "
+                                       "config's hash, that runs and sweeps load from).")
+    ] = None,
+) -> None:
+    """Train (or resume training) an EDM image teacher by denoising score matching."""
+    from dibregman.data import DataError
+    from dibregman.distill import resolve_device
+    from dibregman.teachers.image import train_teacher
+
+    overrides = {}
+    if dataset is not None:
+        overrides["image_teacher.dataset"] = dataset
+    if data_dir is not None:
+        overrides["image_teacher.data_dir"] = data_dir
+    try:
+        cfg = with_overrides(get_preset(preset), {**parse_sets(set_ or []), **overrides})
+        validate(cfg)
+        if cfg.teacher != "image":
+            raise ConfigError(f"preset {preset!r} has an analytic teacher; image presets: "
+                              f"{', '.join(p for p in preset_names() if not p.startswith('gmm'))}")
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    steps = cfg.image_teacher.steps
+    progress = Progress(TextColumn("[bold]training teacher"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[loss]}"), console=console)
+    task = progress.add_task("teacher", total=steps, loss="")
+
+    def report(record: dict[str, Any]) -> None:
+        progress.update(task, completed=record["step"], loss=f"loss {record['loss']:.4f}")
+
+    try:
+        with progress:
+            directory = train_teacher(cfg.image_teacher, out,
+                                      device=str(resolve_device(cfg.device)), on_report=report)
+    except DataError as err:
+        raise fail(str(err)) from None
+    console.print(f"teacher ({cfg.image_teacher.dataset}): {directory}")
+
+
+@app.command()
 def sweep(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Sweep YAML, e.g. "
                                                                    "sweeps/divergences.yaml.")],

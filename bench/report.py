@@ -36,7 +36,7 @@ from bench.tracking import EXPERIMENT_PATH_TAG, PARENT_TAG, child_runs, open_sto
 # Artifact downloads here are single small files: no progress bar per file.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from dibregman.bregman import is_parametric  # noqa: E402
-from dibregman.run import git_revision  # noqa: E402
+from dibregman.run import PROVENANCE_FILE, git_revision  # noqa: E402
 
 REFERENCE = "reverse_kl"
 FORMATS = ("md", "html")
@@ -50,11 +50,13 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: display name, MLflow metric key, and which direction is better."""
+    """A table column: display name, MLflow metric key, which direction is better, and its role
+    in the charts (``fd``, ``precision``, ``recall``, ``time``, or ``""``)."""
 
     name: str
     key: str
     better: str  # "min" or "max"
+    role: str = ""
 
 
 @dataclass
@@ -113,6 +115,36 @@ def generator_label(generator: str, alpha: str | float) -> str:
     return f"{generator} α={float(alpha):g}" if is_parametric(generator) else generator
 
 
+def _columns(params: dict[str, str]) -> tuple[list[Column], str]:
+    """The table's columns and the curve metric for a sweep's teacher kind (from its params)."""
+    n_final, n_curve = params["eval.n_final"], params["eval.n_curve"]
+    k, n_pr, n_mmd = params["eval.pr_k"], params["eval.n_pr"], params["eval.n_mmd"]
+    cost = [Column("run time s", "run_time_s", "min", "time"),
+            Column("steps/s", "steps_per_s", "max")]
+    if params["teacher"] == "image":
+        n_pr = min(int(n_pr), int(n_final))
+        fid_n = min(int(params["eval.fid_n"]), int(n_final))
+        fid = [Column(f"FID (n={fid_n})", f"fid_n{fid_n}", "min")] if fid_n else []
+        return [
+            Column(f"FD classifier (n={n_final})", f"fd_cls_n{n_final}", "min", "fd"),
+            *fid,
+            Column(f"precision (k={k}, n={n_pr})", f"precision_cls_k{k}_n{n_pr}", "max",
+                   "precision"),
+            Column(f"recall (k={k}, n={n_pr})", f"recall_cls_k{k}_n{n_pr}", "max", "recall"),
+            Column("class coverage", f"class_coverage_n{n_final}", "max"),
+            *cost,
+        ], f"fd_cls_n{n_curve}"
+    return [
+        Column(f"FD (n={n_final})", f"fd_n{n_final}", "min", "fd"),
+        Column(f"NLL (n={n_final})", f"nll_n{n_final}", "min"),
+        Column("modes covered", f"modes_covered_n{n_final}", "max"),
+        Column(f"precision (k={k}, n={n_pr})", f"precision_k{k}_n{n_pr}", "max", "precision"),
+        Column(f"recall (k={k}, n={n_pr})", f"recall_k{k}_n{n_pr}", "max", "recall"),
+        Column(f"MMD² (n={n_mmd})", f"mmd_n{n_mmd}", "min"),
+        *cost,
+    ], f"fd_n{n_curve}"
+
+
 def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepData:
     """Children of ``parent`` as a frame, plus their metric histories."""
     runs = child_runs(client, parent)
@@ -139,20 +171,7 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
                                                                 strict=True)]
     frame["steps_per_s"] = frame["generator_steps"] / frame.get("run_time_s", np.nan)
 
-    first = runs[0].data.params
-    n_final, n_curve = first["eval.n_final"], first["eval.n_curve"]
-    k, n_pr, n_mmd = first["eval.pr_k"], first["eval.n_pr"], first["eval.n_mmd"]
-    columns = [
-        Column(f"FD (n={n_final})", f"fd_n{n_final}", "min"),
-        Column(f"NLL (n={n_final})", f"nll_n{n_final}", "min"),
-        Column("modes covered", f"modes_covered_n{n_final}", "max"),
-        Column(f"precision (k={k}, n={n_pr})", f"precision_k{k}_n{n_pr}", "max"),
-        Column(f"recall (k={k}, n={n_pr})", f"recall_k{k}_n{n_pr}", "max"),
-        Column(f"MMD² (n={n_mmd})", f"mmd_n{n_mmd}", "min"),
-        Column("run time s", "run_time_s", "min"),
-        Column("steps/s", "steps_per_s", "max"),
-    ]
-    curve_key = f"fd_n{n_curve}"
+    columns, curve_key = _columns(runs[0].data.params)
     history_keys = (curve_key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
                     "ratio_q50", "ratio_q95", "ratio_accuracy")
     history_rows = []
@@ -258,7 +277,9 @@ def ranking(data: SweepData, summary: pd.DataFrame) -> list[str]:
     """One line per quality column: the best and worst generator by mean."""
     lines = []
     stats = summary.pivot(index="label", columns="metric", values="mean")
-    for column in data.columns[:6]:
+    for column in data.columns:
+        if column.key in ("run_time_s", "steps_per_s"):
+            continue
         if column.key not in stats or stats[column.key].dropna().empty:
             continue
         ranked = stats[column.key].dropna().sort_values(ascending=column.better == "min")
@@ -332,8 +353,8 @@ def chart_tradeoffs(data: SweepData, summary: pd.DataFrame, labels: list[str], o
     """Precision vs recall, and FD vs run time, one point per generator (mean ± std)."""
     stats = summary.set_index(["label", "metric"])
     colours = _colours(labels)
-    fd, precision, recall, time_ = (data.columns[0], data.columns[3], data.columns[4],
-                                    data.columns[6])
+    role = {c.role: c for c in data.columns}
+    fd, precision, recall, time_ = role["fd"], role["precision"], role["recall"], role["time"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, (x, y) in zip(axes, [(recall, precision), (time_, fd)], strict=True):
         for label in labels:
@@ -436,11 +457,9 @@ def provenance(data: SweepData, client: MlflowClient) -> dict[str, Any]:
             versions[package] = None
     tags = data.parent.data.tags
     first = client.get_run(data.runs.run_id.iloc[0]).data.params
-    try:
-        spec = client.download_artifacts(data.parent.info.run_id, "spec.yaml")
-        spec_text = Path(spec).read_text()
-    except Exception:  # noqa: BLE001 - older parents may lack the artifact
-        spec_text = None
+    spec_text = Path(client.download_artifacts(data.parent.info.run_id, "spec.yaml")).read_text()
+    run_provenance = client.download_artifacts(data.runs.run_id.iloc[0], PROVENANCE_FILE)
+    run_protocol = json.loads(Path(run_provenance).read_text())["metric_protocol"]
     return {
         "sweep": data.name,
         "spec_hash": tags.get("sweep.spec_hash"),
@@ -453,17 +472,9 @@ def provenance(data: SweepData, client: MlflowClient) -> dict[str, Any]:
         "report_git_revision": git_revision(),
         "python": platform.python_version(),
         "packages": versions,
-        "metric_protocol": {
-            "fd": f"Fréchet distance on raw coordinates vs the teacher's exact moments "
-                  f"(cleanfid.fid.frechet_distance), n={first['eval.n_final']} EMA-student "
-                  f"samples, latents seed {first['eval.seed']}",
-            "nll": f"negative log-likelihood under the true mixture, n={first['eval.n_final']}",
-            "modes_covered": "modes holding >= 1/4 of their expected mass",
-            "precision_recall": f"k-NN manifolds (Kynkäänniemi et al. 2019), "
-                                f"k={first['eval.pr_k']}, n={first['eval.n_pr']} per side",
-            "mmd": f"unbiased RBF MMD², n={first['eval.n_mmd']} per side",
-            "curve": f"{data.curve_key} every {first['eval.every']} generator steps",
-        },
+        "metric_protocol": {**run_protocol,
+                            "curve": f"{data.curve_key} every {first['eval.every']} generator "
+                                     f"steps"},
         "runs": int(len(data.runs)),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -49,6 +49,7 @@ from dibregman.config import (
     validate,
     with_overrides,
 )
+from dibregman.evaluate import curve_metric_names
 
 KEY_ALIASES = {"generator": "generator.name"}
 TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "seeds", "search", "scheduler", "metric",
@@ -222,12 +223,12 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     if search is not None:
         _check_search_bounds(base, search, fail)
 
-    n_curve = base.eval.n_curve
-    curve_metrics = [f"fd_n{n_curve}", f"nll_n{n_curve}"]
+    curve_metrics = curve_metric_names(base)
     metric = data["metric"]
     if metric not in curve_metrics:
         raise fail("metric", f"{metric!r} is not reported during training; valid for preset "
-                             f"{preset} (eval.n_curve={n_curve}): {', '.join(curve_metrics)}")
+                             f"{preset} (eval.n_curve={base.eval.n_curve}): "
+                             f"{', '.join(curve_metrics)}")
     mode = data.get("mode", "min")
     if mode not in MODES:
         raise fail("mode", f"{mode!r}; valid: {', '.join(MODES)}")

@@ -34,6 +34,7 @@ from rich.console import Console
 from bench.spec import Domain, SweepSpec, trial_name
 from bench.tracking import SweepTracker, open_store, resolve_tracking_uri, trial_run_dir
 from dibregman.config import from_dict, to_dict, with_overrides
+from dibregman.evaluate import curve_metric_names
 from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_experiment
 
 MAX_FAILURES = 2
@@ -50,6 +51,7 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
         experiment_path: the sweep's directory in storage (see :func:`trial_run_dir`).
     """
     cfg = with_overrides(from_dict(base), config["overrides"])
+    curve_metrics = curve_metric_names(cfg)
     run_dir = trial_run_dir(experiment_path, tune.get_context().get_trial_id())
     restored = tune.get_checkpoint()
     local = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
@@ -63,7 +65,7 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
 
     def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
         nonlocal reported_final
-        latest.update({k: v for k, v in record.items() if k.startswith(("fd_n", "nll_n"))})
+        latest.update({k: v for k, v in record.items() if k in curve_metrics})
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report({**latest, **record}, checkpoint=checkpoint)
         reported_final = bool(record.get("final"))
@@ -189,6 +191,21 @@ def expanded_trials(spec: SweepSpec) -> list[str]:
             f"of {space}; seed {spec.seeds[0]}"]
 
 
+def prepare_teachers(spec: SweepSpec, console: Console) -> None:
+    """Train every image teacher the sweep's trials need, once, before any trial starts (so
+    parallel trials load one cached teacher instead of each training it)."""
+    from dibregman.distill import resolve_device
+    from dibregman.teachers.image import TEACHER_FILE, teacher_dir, train_teacher
+
+    configs = [with_overrides(spec.base_config(), t) for t in spec.trials()]
+    needed = {c.image_teacher: c.device for c in configs if c.teacher == "image"}
+    for teacher_cfg, device in needed.items():
+        if not (teacher_dir(teacher_cfg) / TEACHER_FILE).exists():
+            console.print(f"training the {teacher_cfg.dataset} teacher "
+                          f"({teacher_cfg.steps} steps) into {teacher_dir(teacher_cfg)}")
+            train_teacher(teacher_cfg, device=str(resolve_device(device)))
+
+
 def latest_experiment(storage: Path, name: str) -> Path | None:
     """The newest restorable Ray experiment directory of sweep ``name`` under ``storage``."""
     candidates = sorted(storage.glob(f"{name}-*"), key=lambda p: p.name, reverse=True)
@@ -247,6 +264,7 @@ def run_sweep(
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         experiment_path = storage / f"{spec.name}-{stamp}"
+    prepare_teachers(spec, console)
     client = open_store(uri)  # the driver creates the store before any trial starts
     tracker = SweepTracker.start(client, spec, str(experiment_path), resume=resume)
     total = spec.search.num_samples if spec.search else len(spec.trials())

@@ -29,7 +29,14 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from bench.spec import SweepSpec, trial_name
 from dibregman import __version__
 from dibregman.config import flatten, with_overrides
-from dibregman.run import CONFIG_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE, git_revision
+from dibregman.run import (
+    CONFIG_FILE,
+    FINAL_FILE,
+    METRICS_FILE,
+    PROVENANCE_FILE,
+    SAMPLES_FILE,
+    git_revision,
+)
 
 DEFAULT_STORE = "mlflow.db"
 PARENT_TAG = "sweep.parent"  # "true" on parent runs
@@ -234,7 +241,7 @@ class SweepTracker(Callback):
             self.client.set_tag(run_id, "status", "stopped")
         run_dir = trial_run_dir(self.experiment_path, trial.trial_id)
         self._backfill(run_id, run_dir / METRICS_FILE)
-        for name in (CONFIG_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
+        for name in (CONFIG_FILE, PROVENANCE_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
             if (run_dir / name).exists():
                 self.client.log_artifact(run_id, str(run_dir / name))
         self.client.set_terminated(run_id, "FINISHED")

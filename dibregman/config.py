@@ -39,6 +39,43 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class ImageTeacherConfig:
+    """An image teacher: data, U-Net size, EDM training and sampling (used by image presets).
+
+    Attributes:
+        dataset: ``digits``, ``mnist``, ``cifar10`` or ``folder:PATH`` (see :mod:`dibregman.data`).
+        data_dir: where a downloadable dataset lives ("" = its default cache).
+        channels, channel_mult: U-Net base width and per-level multipliers.
+        steps, batch_size, lr, ema_decay: denoising-score-matching training.
+        p_mean, p_std: ``ln sigma ~ N(p_mean, p_std^2)`` during training (EDM).
+        sigma_data: data scale of the preconditioning (0.5 for images in [-1, 1]).
+        sigma_min, sigma_max, sampler_steps: EDM's Heun sampler (18 steps = 35 evaluations).
+        seed: initialisation and batches.
+        log_every, checkpoint_every: training log and resumable checkpoints.
+        path: an explicit teacher directory; "" uses the cache keyed by this config's hash.
+    """
+
+    dataset: str = "digits"
+    data_dir: str = ""
+    channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2)
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 2e-3
+    ema_decay: float = 0.999
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sampler_steps: int = 18
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 500
+    path: str = ""
+
+
+@dataclass(frozen=True)
 class RatioConfig:
     """Density-ratio estimation ``r = q_student / p_teacher`` and weight hygiene (METHOD.md §5).
 
@@ -53,8 +90,10 @@ class RatioConfig:
         bin_normalize: apply the per-bin self-normalisation.
         bin_ema: EMA decay of the per-bin means (0 uses each batch's own means).
         weight_normalize: divide the weights by their batch mean.
-        teacher_side: source of positive-class samples: ``teacher`` draws the teacher's own
-            samples (exact for an analytic mixture; the Di-Bregman definition of ``p_sigma``).
+        teacher_side: source of positive-class samples: ``data`` (the training data, as DMD2
+            and f-distill do; for an analytic mixture its exact samples) or ``teacher`` (the
+            teacher's own samples: the Di-Bregman definition of ``p_sigma``; 35 network
+            evaluations per sample for an image teacher).
     """
 
     estimator: str = "classifier"
@@ -65,7 +104,7 @@ class RatioConfig:
     bin_normalize: bool = True
     bin_ema: float = 0.9
     weight_normalize: bool = True
-    teacher_side: str = "teacher"
+    teacher_side: str = "data"
 
 
 @dataclass(frozen=True)
@@ -98,6 +137,7 @@ class TrainConfig:
         max_nonfinite_steps: that many consecutive non-finite steps end the run as ``diverged``.
         force_unit_weight: skip the ratio weight (``w = 1``): a plain DMD step, for benchmarks and
             the reverse-KL identity test.
+        sigma_init: image students are ``G(z) = D(sigma_init z, sigma_init)`` (DMD2: 80).
     """
 
     generator_steps: int = 600
@@ -118,6 +158,7 @@ class TrainConfig:
     sigma_quantile_high: float = 0.98
     max_nonfinite_steps: int = 10
     force_unit_weight: bool = False
+    sigma_init: float = 80.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +174,8 @@ class EvalConfig:
         n_mmd: samples per side for the MMD.
         seed: seed of the evaluation latents and reference draws (fixed across runs, so every
             run is measured on the same reference set).
+        fid_n: image teachers: samples for Inception FID (clean-fid "clean" mode) against the
+            training set; 0 skips it (Inception on a CPU is slow).
     """
 
     every: int = 50
@@ -142,6 +185,7 @@ class EvalConfig:
     pr_k: int = 3
     n_mmd: int = 2000
     seed: int = 1234
+    fid_n: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,11 +201,15 @@ class Config:
         num_threads: torch intra-op threads during the run (0 keeps torch's setting). The toy
             MLPs run about twice as fast on one thread as on two: the work per op is too
             small to split.
+        device: ``cpu``, ``cuda`` or ``auto`` (cuda when available).
+        precision: ``fp32``, or ``bf16`` autocast for network evaluations on a GPU (the ratio
+            and weight arithmetic stays fp32; DMD2 found fp16 diverged).
     """
 
     preset: str = "gmm2d"
     teacher: str = "gmm2d"
     seed: int = 0
+    image_teacher: ImageTeacherConfig = field(default_factory=ImageTeacherConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     ratio: RatioConfig = field(default_factory=RatioConfig)
     net: NetConfig = field(default_factory=NetConfig)
@@ -170,6 +218,8 @@ class Config:
     log_every: int = 10
     checkpoint_every: int = 100
     num_threads: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
 
 
 def config_keys(cfg: Config | type[Config] = Config) -> list[str]:
@@ -234,7 +284,9 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         args = typing.get_args(annotation)
-        if not isinstance(items, (list, tuple)) or len(items) != len(args):
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any non-empty length
+            args = (args[0],) * (len(items) if isinstance(items, (list, tuple)) else 0)
+        if not isinstance(items, (list, tuple)) or not items or len(items) != len(args):
             raise bad
         return tuple(coerce_value(key, v, a) for v, a in zip(items, args, strict=True))
     if origin in (typing.Union, types.UnionType):
@@ -244,7 +296,9 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
 
 def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is tuple:
-        return "a comma-separated pair of " + _type_name(typing.get_args(annotation)[0])
+        args = typing.get_args(annotation)
+        count = "list" if args[-1] is Ellipsis else f"{len(args)}-tuple"
+        return f"a comma-separated {count} of {_type_name(args[0])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
         annotation, str(annotation)
     )
@@ -329,6 +383,16 @@ def _tiny(cfg: Config) -> Config:
             "eval.n_mmd": 256,
             "log_every": 2,
             "checkpoint_every": 3,
+            "image_teacher.channels": 8,
+            "image_teacher.steps": 20,
+            "image_teacher.batch_size": 32,
+            "image_teacher.log_every": 10,
+            "image_teacher.checkpoint_every": 10,
+            "image_teacher.sampler_steps": 4,
+            "train.sigma_grid_size": 50,
+            "eval.fid_n": 0,
+            "device": "cpu",
+            "precision": "fp32",
         },
     )
 
@@ -347,6 +411,54 @@ _BASE_PRESETS: dict[str, Config] = {
         teacher="gmm16d",
         net=NetConfig(hidden=256, depth=3),
         train=TrainConfig(generator_steps=900, critic_steps_per_generator_step=3),
+    ),
+    # Image teachers: students and fake scores start from the teacher (DMD2), lr 1e-4 for all
+    # three networks (f-distill at CIFAR scale), EDM's noise range, sigma_init 80.
+    "digits": Config(
+        preset="digits",
+        teacher="image",
+        image_teacher=ImageTeacherConfig(dataset="digits", channels=32, steps=4000),
+        train=TrainConfig(generator_steps=300, critic_steps_per_generator_step=3,
+                          fake_warmup_steps=50, batch_size=64, lr=1e-4, sigma_max=80.0,
+                          ema_decay=0.95),
+        eval=EvalConfig(every=50, n_curve=500, n_final=1797, n_pr=1000, n_mmd=500),
+        log_every=10,
+        checkpoint_every=50,
+        num_threads=0,
+    ),
+    "mnist": Config(
+        preset="mnist",
+        teacher="image",
+        image_teacher=ImageTeacherConfig(dataset="mnist", channels=64, steps=20000,
+                                         batch_size=128, lr=5e-4),
+        train=TrainConfig(generator_steps=2000, critic_steps_per_generator_step=5,
+                          fake_warmup_steps=200, batch_size=128, lr=1e-4, sigma_max=80.0,
+                          ema_decay=0.99),
+        eval=EvalConfig(every=200, n_curve=1000, n_final=5000, n_pr=2000, n_mmd=1000,
+                        fid_n=5000),
+        log_every=20,
+        checkpoint_every=200,
+        num_threads=0,
+        device="auto",
+        precision="bf16",
+    ),
+    "cifar10": Config(
+        preset="cifar10",
+        teacher="image",
+        image_teacher=ImageTeacherConfig(dataset="cifar10", channels=128,
+                                         channel_mult=(1, 2, 2, 2), steps=200_000,
+                                         batch_size=256,
+                                         lr=2e-4, ema_decay=0.9999),
+        train=TrainConfig(generator_steps=20_000, critic_steps_per_generator_step=5,
+                          fake_warmup_steps=0, batch_size=256, lr=1e-4, sigma_max=80.0,
+                          ema_decay=0.999),
+        eval=EvalConfig(every=1000, n_curve=5000, n_final=50_000, n_pr=10_000, n_mmd=2000,
+                        fid_n=50_000),
+        log_every=50,
+        checkpoint_every=1000,
+        num_threads=0,
+        device="auto",
+        precision="bf16",
     ),
 }
 
@@ -386,13 +498,22 @@ def validate(cfg: Config) -> None:
             f"unknown ratio.estimator {cfg.ratio.estimator!r}; "
             f"valid: {', '.join(estimator_names())}"
         )
-    if cfg.teacher not in teacher_names():
-        raise ConfigError(f"unknown teacher {cfg.teacher!r}; valid: {', '.join(teacher_names())}")
-    if cfg.ratio.teacher_side != "teacher":
-        raise ConfigError(
-            f"bad ratio.teacher_side {cfg.ratio.teacher_side!r} for teacher {cfg.teacher!r};"
-            " valid: teacher"
-        )
+    if cfg.teacher not in [*teacher_names(), "image"]:
+        raise ConfigError(f"unknown teacher {cfg.teacher!r}; valid: "
+                          f"{', '.join([*teacher_names(), 'image'])}")
+    choices = [("ratio.teacher_side", cfg.ratio.teacher_side, ("data", "teacher")),
+               ("device", cfg.device, ("auto", "cpu", "cuda")),
+               ("precision", cfg.precision, ("bf16", "fp32"))]
+    for key, value, valid in choices:
+        if value not in valid:
+            raise ConfigError(f"bad {key} {value!r}; valid: {', '.join(valid)}")
+    if cfg.teacher == "image":
+        from dibregman.data import dataset_names
+
+        dataset = cfg.image_teacher.dataset
+        if dataset not in dataset_names() and not dataset.startswith("folder:"):
+            raise ConfigError(f"unknown image_teacher.dataset {dataset!r}; valid: "
+                              f"{', '.join(dataset_names())}, folder:PATH")
     checks = [
         (cfg.train.generator_steps >= 1, "train.generator_steps must be >= 1"),
         (cfg.train.critic_steps_per_generator_step >= 1,

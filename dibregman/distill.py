@@ -31,14 +31,58 @@ from torch import Tensor
 
 from dibregman.bregman import get_generator
 from dibregman.config import Config
-from dibregman.networks import Denoiser, OneStepGenerator, RatioNetwork, init_parameters
+from dibregman.networks import (
+    ConvEncoder,
+    Denoiser,
+    DenoiserStudent,
+    MLPNet,
+    OneStepGenerator,
+    RatioNetwork,
+    init_parameters,
+)
 from dibregman.noise import karras_sigmas, sample_sigmas
 from dibregman.ratio import RatioEstimator
-from dibregman.teachers import Teacher
+from dibregman.teachers import Teacher, expand_sigma
 
 FINISHED = "finished"
 DIVERGED = "diverged"
 RUNNING = "running"
+
+
+def build_networks(
+    cfg: Config, teacher: Teacher, init_rng: torch.Generator
+) -> tuple[torch.nn.Module, Denoiser, RatioNetwork]:
+    """Student, fake score and ratio network for ``teacher``.
+
+    Vector teachers (analytic mixtures have no network to copy): a residual MLP student, an
+    MLP fake score starting at ``c_skip x`` and an MLP ratio network, all seeded by
+    ``init_rng``. Image teachers (DMD2): student ``G(z) = D(sigma_init z, sigma_init)`` and fake
+    score both copied from the teacher's denoiser; the ratio network is a separate small CNN
+    (not a head on the fake score's bottleneck) so its updates never move the fake score.
+    """
+    sd = teacher.sigma_data
+    network = getattr(teacher, "network", None)
+    if network is None:
+        dim, net = teacher.shape[0], cfg.net
+        student = OneStepGenerator(dim, net.hidden, net.depth, sd)
+        init_parameters(student, init_rng)
+        fake = Denoiser(MLPNet(dim, dim, net.hidden, net.depth), sd)
+        init_parameters(fake, init_rng, zero_last=True)
+        ratio_net = RatioNetwork(MLPNet(dim, 1, net.hidden, net.depth), sd)
+    else:
+        student = DenoiserStudent(copy.deepcopy(network).requires_grad_(True),
+                                  cfg.train.sigma_init)
+        fake = copy.deepcopy(network).requires_grad_(True)
+        ratio_net = RatioNetwork(ConvEncoder(teacher.shape[0]), sd)
+    init_parameters(ratio_net, init_rng, zero_last=True)
+    return student.train(), fake.train(), ratio_net
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is ``cuda`` when a GPU is visible, else ``cpu``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 class Distiller:
@@ -46,29 +90,25 @@ class Distiller:
 
     Args:
         cfg: the run's config.
-        teacher: a frozen teacher with ``shape == (d,)``.
+        teacher: a frozen teacher (vector or image), already on ``cfg.device``.
     """
 
     def __init__(self, cfg: Config, teacher: Teacher) -> None:
-        if len(teacher.shape) != 1:
-            raise ValueError(f"the vector-data loop needs a (d,) teacher, got {teacher.shape}")
         self.cfg = cfg
         self.teacher = teacher
         self.bregman = get_generator(cfg.generator.name, cfg.generator.alpha)
-        dim, net, train = teacher.shape[0], cfg.net, cfg.train
-        sd = teacher.sigma_data
+        self.device = resolve_device(cfg.device)
+        train = cfg.train
 
         init_rng = torch.Generator().manual_seed(2 * cfg.seed)
-        self.rng = torch.Generator().manual_seed(2 * cfg.seed + 1)
-
-        self.student = OneStepGenerator(dim, net.hidden, net.depth, sd)
-        init_parameters(self.student, init_rng)
+        self.rng = torch.Generator(device=self.device).manual_seed(2 * cfg.seed + 1)
+        self.student, self.fake, ratio_net = build_networks(cfg, teacher, init_rng)
         self.student_ema = copy.deepcopy(self.student).requires_grad_(False)
-        self.fake = Denoiser(dim, net.hidden, net.depth, sd)
-        init_parameters(self.fake, init_rng, zero_last=True)
-        ratio_net = RatioNetwork(dim, net.hidden, net.depth, sd)
-        init_parameters(ratio_net, init_rng, zero_last=True)
         self.ratio = RatioEstimator(ratio_net, cfg.ratio, train.sigma_min, train.sigma_max)
+        for module in (self.student, self.student_ema, self.fake, self.ratio):
+            module.to(self.device)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=cfg.precision == "bf16")
 
         def adamw(module: torch.nn.Module) -> torch.optim.AdamW:
             return torch.optim.AdamW(
@@ -81,7 +121,7 @@ class Distiller:
         self.opt_ratio = adamw(self.ratio)
         self.sigma_grid = karras_sigmas(
             train.sigma_grid_size, train.sigma_min, train.sigma_max, train.rho
-        )
+        ).to(self.device)
         self.generator_step = 0
         self.nonfinite_streak = 0
         self.nonfinite_total = 0
@@ -90,21 +130,34 @@ class Distiller:
     # -- sampling -------------------------------------------------------------------------------
 
     def _latents(self, n: int, generator: torch.Generator) -> Tensor:
-        return torch.randn(n, self.teacher.shape[0], generator=generator)
+        return torch.randn(n, *self.teacher.shape, generator=generator,
+                           device=generator.device)
 
     def _sigmas(self, n: int) -> Tensor:
         t = self.cfg.train
         return sample_sigmas(n, self.sigma_grid, t.sigma_quantile_low, t.sigma_quantile_high,
                              self.rng)
 
-    @torch.no_grad()
-    def sample(self, n: int, seed: int, batch_size: int = 4096) -> Tensor:
-        """``n`` samples of the EMA student from latents fixed by ``seed``, ``(n, d)``.
+    def _noise(self, like: Tensor) -> Tensor:
+        return torch.randn(like.shape, generator=self.rng, device=self.device)
 
-        All ``n`` latents are drawn first, so sample ``i`` is the same at any batch size.
+    def _teacher_side(self, n: int) -> Tensor:
+        """Positive-class samples for the ratio estimator (``ratio.teacher_side``)."""
+        if self.cfg.ratio.teacher_side == "teacher":
+            return self.teacher.sample(n, self.rng)
+        return self.teacher.sample_data(n, self.rng)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, batch_size: int = 1024) -> Tensor:
+        """``n`` samples of the EMA student from latents fixed by ``seed``, ``(n, *shape)``.
+
+        All ``n`` latents are drawn first (on the CPU), so sample ``i`` is the same at any
+        batch size and on any device.
         """
         latents = self._latents(n, torch.Generator().manual_seed(seed))
-        return torch.cat([self.student_ema(chunk) for chunk in latents.split(batch_size)])
+        with self.autocast:
+            return torch.cat([self.student_ema(chunk.to(self.device)).float().cpu()
+                              for chunk in latents.split(batch_size)])
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -112,18 +165,19 @@ class Distiller:
         """One update of the fake score (DSM) and the ratio network on detached student samples."""
         batch = self.cfg.train.batch_size
         sd = self.teacher.sigma_data
-        with torch.no_grad():
-            x_student = self.student(self._latents(batch, self.rng))
-            x_teacher = self.teacher.sample(batch, self.rng)
+        with torch.no_grad(), self.autocast:
+            x_student = self.student(self._latents(batch, self.rng)).float()
+        x_teacher = self._teacher_side(batch)
         sigma = self._sigmas(batch)
-        noised = x_student + sigma[:, None] * torch.randn(x_student.shape, generator=self.rng)
-        dsm_weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
-        fake_loss = (dsm_weight[:, None] * (self.fake(noised, sigma) - x_student) ** 2).mean()
+        noised = x_student + expand_sigma(sigma, x_student) * self._noise(x_student)
+        dsm_weight = expand_sigma((sigma**2 + sd**2) / (sigma * sd) ** 2, x_student)
+        with self.autocast:
+            denoised = self.fake(noised, sigma).float()
+        fake_loss = (dsm_weight * (denoised - x_student) ** 2).mean()
 
-        teacher_noised = x_teacher + sigma[:, None] * torch.randn(
-            x_teacher.shape, generator=self.rng
-        )
-        ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma)
+        teacher_noised = x_teacher + expand_sigma(sigma, x_teacher) * self._noise(x_teacher)
+        with self.autocast:
+            ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma)
 
         finite = self._apply(fake_loss, self.opt_fake, self.fake, clip=math.inf)
         finite &= self._apply(ratio_loss, self.opt_ratio, self.ratio, clip=math.inf)
@@ -138,27 +192,32 @@ class Distiller:
         """One weighted distribution-matching update of the student (METHOD.md §3)."""
         train = self.cfg.train
         batch = train.batch_size
-        x = self.student(self._latents(batch, self.rng))
+        with self.autocast:
+            x = self.student(self._latents(batch, self.rng)).float()
         sigma = self._sigmas(batch)
-        x_noised = x + sigma[:, None] * torch.randn(x.shape, generator=self.rng)
+        x_noised = x + expand_sigma(sigma, x) * self._noise(x)
+        pixel_dims = tuple(range(1, x.ndim))
 
         diagnostics: dict[str, float] = {}
         with torch.no_grad():
             x_s = x_noised.detach()
-            denoised_teacher = self.teacher.denoise(x_s, sigma)
-            denoised_fake = self.fake(x_s, sigma)
-            normaliser = (x.detach() - denoised_teacher).abs().mean(dim=1, keepdim=True)
+            with self.autocast:
+                denoised_teacher = self.teacher.denoise(x_s, sigma).float()
+                denoised_fake = self.fake(x_s, sigma).float()
+            normaliser = (x.detach() - denoised_teacher).abs().mean(dim=pixel_dims, keepdim=True)
             direction = (denoised_fake - denoised_teacher) / normaliser
             if train.force_unit_weight:
                 grad = direction
             else:
-                weight, diagnostics = self.ratio.weights(self.bregman, x_s, sigma)
-                grad = weight[:, None] * direction
-        loss_dm = 0.5 * ((x - (x.detach() - grad)) ** 2).sum(dim=1).mean()
+                with self.autocast:
+                    weight, diagnostics = self.ratio.weights(self.bregman, x_s, sigma)
+                grad = expand_sigma(weight, direction) * direction
+        loss_dm = 0.5 * ((x - (x.detach() - grad)) ** 2).sum(dim=pixel_dims).mean()
         loss = loss_dm
         if train.gan_weight > 0:
             # The student wants the ratio network to call its samples teacher-like (log r < 0).
-            loss_gan = F.softplus(self.ratio.log_ratio(x_noised, sigma)).mean()
+            with self.autocast:
+                loss_gan = F.softplus(self.ratio.log_ratio(x_noised, sigma)).mean()
             loss = loss + train.gan_weight * loss_gan
             diagnostics["loss_gan"] = loss_gan.item()
 
@@ -167,7 +226,7 @@ class Distiller:
         if finite:
             self._update_ema()
         diagnostics["loss_dm"] = loss_dm.item()
-        diagnostics["grad_norm"] = float(grad.norm(dim=1).mean())
+        diagnostics["grad_norm"] = float(grad.flatten(1).norm(dim=1).mean())
         return diagnostics
 
     def step(self) -> dict[str, float]:
@@ -250,7 +309,7 @@ class Distiller:
         for name in ("student", "student_ema", "fake", "ratio",
                      "opt_student", "opt_fake", "opt_ratio"):
             getattr(self, name).load_state_dict(state[name])
-        self.rng.set_state(state["rng"])
+        self.rng.set_state(state["rng"].cpu())
         self.generator_step = state["generator_step"]
         self.nonfinite_streak = state["nonfinite_streak"]
         self.nonfinite_total = state["nonfinite_total"]

@@ -1,4 +1,4 @@
-"""Networks for vector data: MLPs, EDM preconditioning, and seeded initialisation.
+"""Networks: EDM preconditioning around MLPs (vector data) and a small U-Net (images).
 
 Every score model is a denoiser ``D(x, sigma)`` with EDM's preconditioning (Karras et al. 2022,
 arXiv 2206.00364, Table 1):
@@ -6,6 +6,8 @@ arXiv 2206.00364, Table 1):
     D(x, sigma) = c_skip x + c_out F(c_in x, c_noise),
     c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
     c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = log(sigma) / 4.
+
+``F`` is any module called as ``F(x_in, c_noise)``: :class:`MLPNet` or :class:`UNet`.
 """
 
 from __future__ import annotations
@@ -30,26 +32,29 @@ def mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequ
 
 
 def init_parameters(module: nn.Module, generator: torch.Generator, zero_last: bool = False) -> None:
-    """Seeded re-initialisation of every ``nn.Linear`` (PyTorch's default scheme).
+    """Seeded re-initialisation of every ``nn.Linear`` and ``nn.Conv2d`` (PyTorch's scheme).
 
     The engine touches no global RNG: this replaces the default initialisation with the same
     distribution drawn from ``generator``. ``zero_last`` zeroes the final layer so that a
     preconditioned denoiser starts as ``c_skip x`` (the Gaussian optimum) and a ratio network
     starts at ``log r = 0``.
     """
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     with torch.no_grad():
-        for layer in linears:
+        for layer in layers:
             nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-            bound = 1 / math.sqrt(layer.in_features)
-            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+            if layer.bias is not None:
+                fan_in = layer.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
         if zero_last:
-            linears[-1].weight.zero_()
-            linears[-1].bias.zero_()
+            layers[-1].weight.zero_()
+            if layers[-1].bias is not None:
+                layers[-1].bias.zero_()
 
 
 class NoiseEmbedding(nn.Module):
-    """Sinusoidal features of ``c_noise = log(sigma) / 4``: ``(B,) -> (B, 2 * n_frequencies)``."""
+    """Sinusoidal features of ``c_noise``: ``(B,) -> (B, 2 * n_frequencies)``."""
 
     def __init__(self, n_frequencies: int = 8) -> None:
         super().__init__()
@@ -60,72 +65,176 @@ class NoiseEmbedding(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
-class SigmaConditionedMLP(nn.Module):
-    """``F(c_in x, c_noise)``: an MLP on the scaled input and a noise-level embedding.
+class MLPNet(nn.Module):
+    """``F(x_in, c_noise)`` for vectors: an MLP on the input and a noise-level embedding.
 
-    Args:
-        dim: data dimension ``d``.
-        out_features: ``d`` for a denoiser, 1 for a ratio network.
-        hidden, depth: MLP size.
-        sigma_data: data standard deviation, for ``c_in``.
+    ``x_in: (B, d)``, ``c_noise: (B,)`` -> ``(B, out_features)``.
     """
 
-    def __init__(self, dim: int, out_features: int, hidden: int, depth: int, sigma_data: float):
+    def __init__(self, dim: int, out_features: int, hidden: int, depth: int) -> None:
         super().__init__()
-        self.sigma_data = sigma_data
         self.embedding = NoiseEmbedding()
         self.net = mlp(dim + 2 * len(self.embedding.frequencies), out_features, hidden, depth)
 
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x: (B, d)``, ``sigma: (B,)`` -> ``(B, out_features)``."""
-        c_in = 1 / torch.sqrt(sigma**2 + self.sigma_data**2)
-        c_noise = sigma.log() / 4
-        return self.net(torch.cat([c_in[:, None] * x, self.embedding(c_noise)], dim=1))
+    def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        return self.net(torch.cat([x_in, self.embedding(c_noise)], dim=1))
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(channels, 8)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the noise embedding as a per-channel scale and shift."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = (nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels
+                     else nn.Identity())
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = nn.functional.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(h)
+
+
+class UNet(nn.Module):
+    """A small U-Net ``F(x_in, c_noise)`` for images ``(B, C, H, W)`` -> ``(B, C, H, W)``.
+
+    One residual block per level on the way down, two on the way up (the second after the
+    skip concatenation), stride-2 convolutions down and nearest-neighbour upsampling. ``H`` and
+    ``W`` must be divisible by ``2 ** (len(channel_mult) - 1)``.
+
+    Args:
+        in_channels: image channels ``C``.
+        channels: base width; level ``i`` has ``channels * channel_mult[i]``.
+        channel_mult: width multipliers per resolution level.
+        emb_dim: width of the noise embedding.
+    """
+
+    def __init__(self, in_channels: int, channels: int = 64,
+                 channel_mult: tuple[int, ...] = (1, 2), emb_dim: int = 128) -> None:
+        super().__init__()
+        self.embedding = NoiseEmbedding(16)
+        self.emb_mlp = nn.Sequential(nn.Linear(32, emb_dim), nn.SiLU(),
+                                     nn.Linear(emb_dim, emb_dim))
+        widths = [channels * m for m in channel_mult]
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        previous = widths[0]
+        for level, width in enumerate(widths):
+            self.down_blocks.append(ResBlock(previous, width, emb_dim))
+            previous = width
+            if level < len(widths) - 1:
+                self.downsample.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+        self.middle = ResBlock(previous, previous, emb_dim)
+        self.up_blocks = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width = widths[level]
+            self.up_blocks.append(ResBlock(previous + width, width, emb_dim))
+            previous = width
+            if level > 0:
+                self.upsample.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                                   nn.Conv2d(width, widths[level - 1], 3,
+                                                             padding=1)))
+                previous = widths[level - 1]
+        self.out = nn.Sequential(nn.GroupNorm(_groups(previous), previous), nn.SiLU(),
+                                 nn.Conv2d(previous, in_channels, 3, padding=1))
+
+    def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        emb = self.emb_mlp(self.embedding(c_noise))
+        h = self.stem(x_in)
+        skips = []
+        for level, block in enumerate(self.down_blocks):
+            h = block(h, emb)
+            skips.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+        h = self.middle(h, emb)
+        for index, block in enumerate(self.up_blocks):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if index < len(self.upsample):
+                h = self.upsample[index](h)
+        return self.out(h)
 
 
 class Denoiser(nn.Module):
-    """An EDM-preconditioned MLP denoiser ``D(x, sigma)`` (used as the fake score network).
+    """An EDM-preconditioned denoiser ``D(x, sigma)`` around ``F`` (teacher, fake score).
 
     Args:
-        dim: data dimension ``d``.
-        hidden, depth: MLP size.
+        net: ``F(x_in, c_noise)`` with output shaped like its input.
         sigma_data: data standard deviation ``sd``.
     """
 
-    def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float) -> None:
+    def __init__(self, net: nn.Module, sigma_data: float) -> None:
         super().__init__()
+        self.net = net
         self.sigma_data = sigma_data
-        self.model = SigmaConditionedMLP(dim, dim, hidden, depth, sigma_data)
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x: (B, d)``, ``sigma: (B,)`` -> ``(B, d)`` denoised."""
+        """``x: (B, *shape)``, ``sigma: (B,)`` -> ``(B, *shape)`` denoised."""
         sd = self.sigma_data
         s = expand_sigma(sigma, x)
         c_skip = sd**2 / (s**2 + sd**2)
         c_out = s * sd / torch.sqrt(s**2 + sd**2)
-        return c_skip * x + c_out * self.model(x, sigma)
+        c_in = 1 / torch.sqrt(s**2 + sd**2)
+        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4)
+
+
+class ConvEncoder(nn.Module):
+    """``(B, C, H, W), c_noise (B,) -> (B, 1)``: a small noise-conditioned CNN ratio head."""
+
+    def __init__(self, in_channels: int, width: int = 32, emb_dim: int = 64) -> None:
+        super().__init__()
+        self.embedding = NoiseEmbedding(8)
+        self.emb_mlp = nn.Sequential(nn.Linear(16, emb_dim), nn.SiLU())
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.block1 = ResBlock(width, width, emb_dim)
+        self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.block2 = ResBlock(2 * width, 2 * width, emb_dim)
+        self.head = nn.Linear(2 * width, 1)
+
+    def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        emb = self.emb_mlp(self.embedding(c_noise))
+        h = self.block2(self.down(self.block1(self.stem(x_in), emb)), emb)
+        return self.head(nn.functional.silu(h).mean(dim=(2, 3)))
 
 
 class RatioNetwork(nn.Module):
-    """``(x_sigma, sigma) -> log r`` (one scalar per sample), a separate small network.
+    """``(x_sigma, sigma) -> log r`` (one scalar per sample), a network of its own.
 
-    The classifier's logit is ``-log r`` (teacher side is the positive class, METHOD.md §2).
+    The classifier's logit is ``-log r`` (teacher side is the positive class, METHOD.md §2). The
+    input is scaled by ``c_in`` like a denoiser's, so every noise level sees unit-scale inputs.
+
+    Args:
+        net: ``F(x_in, c_noise) -> (B, 1)``: :class:`MLPNet` or :class:`ConvEncoder`.
+        sigma_data: data standard deviation.
     """
 
-    def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float) -> None:
+    def __init__(self, net: nn.Module, sigma_data: float) -> None:
         super().__init__()
-        self.model = SigmaConditionedMLP(dim, 1, hidden, depth, sigma_data)
+        self.net = net
+        self.sigma_data = sigma_data
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x: (B, d)``, ``sigma: (B,)`` -> ``(B,)`` raw log-ratio (before clamping)."""
-        return self.model(x, sigma).squeeze(1)
+        """``x: (B, *shape)``, ``sigma: (B,)`` -> ``(B,)`` raw log-ratio (before clamping)."""
+        c_in = 1 / torch.sqrt(expand_sigma(sigma, x) ** 2 + self.sigma_data**2)
+        return self.net(c_in * x, sigma.log() / 4).squeeze(1)
 
 
 class OneStepGenerator(nn.Module):
-    """The student ``G_theta(z)``: latent ``z ~ N(0, I_d)`` to a sample in one evaluation.
+    """The vector student ``G(z) = sd * (z + MLP(z))`` for ``z ~ N(0, I_d)``.
 
-    ``G(z) = sd * (z + MLP(z))``: a residual map scaled to the data, so step 0 already has the
-    data's scale and the MLP learns the transport.
+    A residual map scaled to the data, so step 0 already has the data's scale and the MLP
+    learns the transport.
     """
 
     def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float) -> None:
@@ -136,3 +245,23 @@ class OneStepGenerator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """``z: (B, d)`` -> ``(B, d)``."""
         return self.sigma_data * (z + self.net(z))
+
+
+class DenoiserStudent(nn.Module):
+    """The image student ``G(z) = D(sigma_init z, sigma_init)``, a denoiser copied from the
+    teacher (DMD2), so that at step 0 it is the teacher's one-step prediction from pure noise.
+
+    Args:
+        denoiser: a trainable copy of the teacher's denoiser.
+        sigma_init: the noise level the student denoises from (DMD2: 80).
+    """
+
+    def __init__(self, denoiser: Denoiser, sigma_init: float) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.sigma_init = sigma_init
+
+    def forward(self, z: Tensor) -> Tensor:
+        """``z: (B, C, H, W)`` standard normal -> ``(B, C, H, W)`` samples."""
+        sigma = torch.full((z.shape[0],), self.sigma_init, device=z.device, dtype=z.dtype)
+        return self.denoiser(self.sigma_init * z, sigma)

@@ -68,3 +68,25 @@ def plot_samples(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_image_grid(images: Tensor, path: Path, title: str = "", columns: int = 8) -> Path:
+    """A grid of ``images: (N, C, H, W)`` in [-1, 1] (greyscale for ``C = 1``), as PNG."""
+    images = images.detach().float().clamp(-1, 1).add(1).div(2).cpu()
+    n, channels = images.shape[:2]
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.8, rows * 0.8 + 0.4), dpi=110,
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image in zip(axes.ravel(), images, strict=False):
+        if channels == 1:
+            ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(image.permute(1, 2, 0).numpy())
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -30,10 +30,9 @@ from typing import Any
 import torch
 
 from dibregman.config import Config, to_dict, validate
-from dibregman.distill import DIVERGED, FINISHED, Distiller
-from dibregman.evaluate import curve_metrics, final_metrics
-from dibregman.plots import plot_samples
-from dibregman.teachers import build_teacher
+from dibregman.distill import DIVERGED, FINISHED, Distiller, resolve_device
+from dibregman.evaluate import Evaluator, build_evaluator
+from dibregman.teachers import Teacher, teacher_for
 
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
@@ -81,28 +80,22 @@ def git_revision() -> str:
     return rev + ("+dirty" if dirty.strip() else "")
 
 
-def provenance(cfg: Config) -> dict[str, Any]:
-    """Versions, revision and the metric protocol stored beside every result."""
+def provenance(cfg: Config, protocol: dict[str, Any]) -> dict[str, Any]:
+    """Versions, revision, device and the metric protocol stored beside every result."""
     import numpy
 
+    device = resolve_device(cfg.device)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "git_revision": git_revision(),
         "seed": cfg.seed,
-        "metric_protocol": {
-            "fd": "Frechet distance on raw coordinates vs the teacher's exact moments "
-                  "(cleanfid.fid.frechet_distance)",
-            "nll": "negative log-likelihood under the true mixture",
-            "modes_covered": "modes holding >= 1/4 of their expected mass (99.9% chi2 region)",
-            "precision_recall": f"k-NN manifolds, k={cfg.eval.pr_k}, vs teacher draw "
-                                f"seed {cfg.eval.seed}",
-            "mmd": f"unbiased RBF MMD^2 vs teacher draw seed {cfg.eval.seed}",
-            "samples": f"EMA student, latents from torch.Generator({cfg.eval.seed})",
-            "n_curve": cfg.eval.n_curve,
-            "n_final": cfg.eval.n_final,
-        },
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "metric_protocol": {**protocol, "n_curve": cfg.eval.n_curve,
+                            "n_final": cfg.eval.n_final,
+                            "samples": f"EMA student, latents from "
+                                       f"torch.Generator({cfg.eval.seed})"},
     }
 
 
@@ -155,27 +148,29 @@ def run_experiment(
             raise ValueError(f"{run_dir} holds a run with a different config; use a new directory")
         if (run_dir / FINAL_FILE).exists():
             return _stored_result(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, to_dict(cfg))
-    _write_json(run_dir / PROVENANCE_FILE, provenance(cfg))
-
     threads_before = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _run(cfg, run_dir, on_report)
+        # The teacher first: a dataset that cannot be loaded fails before anything is written.
+        teacher = teacher_for(cfg, resolve_device(cfg.device))
+        evaluator = build_evaluator(teacher, cfg.eval)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(config_path, to_dict(cfg))
+        return _run(cfg, run_dir, teacher, evaluator, on_report)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(cfg: Config, run_dir: Path, on_report: ReportCallback | None) -> RunResult:
-    """The body of :func:`run_experiment`, once the directory and config are checked."""
-    teacher = build_teacher(cfg.teacher)
+def _run(cfg: Config, run_dir: Path, teacher: Teacher, evaluator: Evaluator,
+         on_report: ReportCallback | None) -> RunResult:
+    """The body of :func:`run_experiment`, once the directory, config and teacher are ready."""
+    _write_json(run_dir / PROVENANCE_FILE, provenance(cfg, evaluator.protocol))
     distiller = Distiller(cfg, teacher)
     checkpoint_path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     elapsed_before = 0.0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True)
+        state = torch.load(checkpoint_path, weights_only=True, map_location=distiller.device)
         distiller.load_state_dict(state["distiller"])
         elapsed_before = state["wall_time_s"]
     records = _read_records(run_dir / METRICS_FILE, distiller.generator_step)
@@ -203,8 +198,7 @@ def _run(cfg: Config, run_dir: Path, on_report: ReportCallback | None) -> RunRes
             on_report(record, saved)
 
     def evaluate() -> dict[str, float]:
-        samples = distiller.sample(cfg.eval.n_curve, cfg.eval.seed)
-        return curve_metrics(teacher, samples)
+        return evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed))
 
     try:
         if distiller.generator_step == 0 and not records:
@@ -220,9 +214,9 @@ def _run(cfg: Config, run_dir: Path, on_report: ReportCallback | None) -> RunRes
 
         status = DIVERGED if distiller.status == DIVERGED else FINISHED
         samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed)
-        metrics = final_metrics(teacher, samples, cfg.eval) if status == FINISHED else {}
+        metrics = evaluator.final(samples) if status == FINISHED else {}
         title = f"{cfg.generator.name} seed {cfg.seed} · step {distiller.generator_step}"
-        plot_samples(teacher, samples, run_dir / SAMPLES_FILE, title=title)
+        evaluator.plot(samples, run_dir / SAMPLES_FILE, title)
         result = RunResult(status, metrics, distiller.generator_step, wall_time(), run_dir)
         _write_json(run_dir / FINAL_FILE, {
             "status": result.status, "metrics": result.metrics,

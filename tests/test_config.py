@@ -61,7 +61,7 @@ def test_every_preset_is_valid_and_has_a_tiny_variant():
 
 
 def test_unknown_preset_lists_valid():
-    with pytest.raises(ConfigError, match="valid: gmm16d, gmm16d-tiny, gmm2d, gmm2d-tiny"):
+    with pytest.raises(ConfigError, match="valid: cifar10, cifar10-tiny, digits, digits-tiny"):
         get_preset("gmm3d")
 
 

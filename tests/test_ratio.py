@@ -8,7 +8,7 @@ from torch import nn
 
 from dibregman.bregman import get_generator
 from dibregman.config import RatioConfig
-from dibregman.networks import RatioNetwork, init_parameters
+from dibregman.networks import MLPNet, RatioNetwork, init_parameters
 from dibregman.ratio import RatioEstimator, estimator_names, get_estimator
 
 SHIFT = torch.tensor([0.75, 0.0])
@@ -22,7 +22,7 @@ def true_log_ratio(x: torch.Tensor) -> torch.Tensor:
 
 def fit(name: str, steps: int = 600) -> RatioEstimator:
     gen = torch.Generator().manual_seed(0)
-    network = RatioNetwork(2, 64, 2, sigma_data=1.0)
+    network = RatioNetwork(MLPNet(2, 1, 64, 2), sigma_data=1.0)
     init_parameters(network, gen, zero_last=True)
     estimator = RatioEstimator(network, RatioConfig(estimator=name), 0.002, 20.0)
     opt = torch.optim.Adam(estimator.parameters(), lr=3e-3)

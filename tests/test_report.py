@@ -107,7 +107,8 @@ def test_pages_reference_only_existing_files(report):
         assert (out / target).exists(), target
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["sweep"] == "grid" and provenance["packages"]["torch"]
-    assert "n=512" in provenance["metric_protocol"]["fd"]
+    assert "exact moments" in provenance["metric_protocol"]["fd"]
+    assert provenance["metric_protocol"]["n_final"] == 512
 
 
 def test_unknown_sweep_lists_the_sweeps_and_exits_2(grid_sweep, tmp_path):

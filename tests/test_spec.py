@@ -49,7 +49,7 @@ def test_default_sweep_covers_every_generator():
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"grdi": {}}, "grdi: unknown key; valid: name, preset, set, grid"),
-    ({"preset": "gmm3d"}, "preset: unknown preset 'gmm3d'; valid: gmm16d"),
+    ({"preset": "gmm3d"}, "preset: unknown preset 'gmm3d'; valid: cifar10, cifar10-tiny"),
     ({"grid": {"generator": ["kl"]}}, "grid: kl-s0: generator.name / generator.alpha: unknown "
                                       "Bregman generator 'kl'; valid: alpha"),
     ({"grid": {"train.lrr": [1]}}, "grid.train.lrr: unknown config key; valid: generator"),

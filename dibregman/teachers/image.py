@@ -1,0 +1,192 @@
+"""Image teachers: an EDM-preconditioned U-Net trained by denoising score matching.
+
+Training (Karras et al. 2022, §5): ``ln sigma ~ N(p_mean, p_std^2)``, loss
+``lambda(sigma) ||D(x + sigma n, sigma) - x||^2`` with ``lambda = (sigma^2 + sd^2) / (sigma sd)^2``,
+AdamW, an EMA of the weights (the EMA is the teacher). Teachers are cached by a hash of their
+config, so sweeps load a trained teacher instead of training it again; training checkpoints and
+resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dibregman.config import ImageTeacherConfig
+from dibregman.data import ImageDataset, load_dataset
+from dibregman.networks import Denoiser, UNet, init_parameters
+from dibregman.sampling import heun_sample
+from dibregman.teachers.base import Teacher, expand_sigma
+
+TEACHER_FILE = "teacher.pt"
+STATE_FILE = "state.pt"
+LOG_FILE = "log.jsonl"
+
+
+def cache_root() -> Path:
+    """``$DIBREGMAN_CACHE`` or ``~/.cache/dibregman``: teachers, classifiers, statistics."""
+    return Path(os.environ.get("DIBREGMAN_CACHE", Path.home() / ".cache" / "dibregman"))
+
+
+def teacher_key(cfg: ImageTeacherConfig) -> str:
+    """16 hex chars identifying a teacher: the hash of every field but ``path``."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_dir(cfg: ImageTeacherConfig) -> Path:
+    """``cfg.path`` if set, else ``<cache>/teachers/<dataset>-<key>``."""
+    if cfg.path:
+        return Path(cfg.path)
+    return cache_root() / "teachers" / f"{cfg.dataset.replace(':', '_').replace('/', '_')}-" \
+                                      f"{teacher_key(cfg)}"
+
+
+def build_denoiser(cfg: ImageTeacherConfig, channels: int) -> Denoiser:
+    """The teacher's architecture: ``Denoiser(UNet)`` for ``channels``-channel images."""
+    return Denoiser(UNet(channels, cfg.channels, tuple(cfg.channel_mult)), cfg.sigma_data)
+
+
+class ImageTeacher(Teacher):
+    """A trained image denoiser as a :class:`Teacher`.
+
+    ``sample`` runs EDM's Heun sampler (``2 * sampler_steps - 1`` evaluations);
+    ``sample_data`` draws from the training images (the teacher-side class of the ratio
+    estimator by default, as in DMD2 and f-distill).
+
+    Args:
+        network: the EMA denoiser (frozen here).
+        data: the dataset it was trained on.
+        cfg: its config.
+    """
+
+    def __init__(self, network: Denoiser, data: ImageDataset, cfg: ImageTeacherConfig) -> None:
+        self.network = network.eval().requires_grad_(False)
+        self.data = data
+        self.cfg = cfg
+        self.sigma_min = cfg.sigma_min
+        self.sigma_max = cfg.sigma_max
+        self.sigma_data = cfg.sigma_data
+        self.shape = tuple(data.images.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: str | torch.device) -> ImageTeacher:
+        self.network.to(device)
+        return self
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        sigma = expand_sigma(sigma, x).reshape(-1).expand(x.shape[0])
+        return self.network(x, sigma)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        latents = torch.randn(n, *self.shape, generator=generator, device=generator.device)
+        return heun_sample(self.denoise, latents.to(self.device), self.cfg.sampler_steps,
+                           self.sigma_min, self.sigma_max)
+
+    def sample_data(self, n: int, generator: torch.Generator) -> Tensor:
+        index = torch.randint(len(self.data.images), (n,), generator=generator,
+                              device=generator.device)
+        return self.data.images[index.cpu()].to(self.device)
+
+
+def dsm_loss(network: Denoiser, x0: Tensor, sigma: Tensor, noise: Tensor,
+             sigma_data: float) -> Tensor:
+    """EDM's weighted denoising loss, mean over the batch and pixels."""
+    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    denoised = network(x0 + expand_sigma(sigma, x0) * noise, sigma)
+    return (expand_sigma(weight, x0) * (denoised - x0) ** 2).mean()
+
+
+def train_teacher(
+    cfg: ImageTeacherConfig,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    on_report: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
+    """Train (or resume training) a teacher; returns its directory.
+
+    Writes ``config.json``, ``log.jsonl`` (loss every ``log_every`` steps), ``state.pt``
+    (resumable: weights, EMA, optimiser, RNG, step) and, at the end, ``teacher.pt`` (the EMA
+    weights). A directory that already holds ``teacher.pt`` is returned as it is.
+    """
+    out = Path(out_dir) if out_dir else teacher_dir(cfg)
+    if (out / TEACHER_FILE).exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    data = load_dataset(cfg.dataset, cfg.data_dir or None)
+    images = data.images.to(device)
+    rng = torch.Generator(device=device).manual_seed(cfg.seed)
+    network = build_denoiser(cfg, data.images.shape[1])
+    init_parameters(network, torch.Generator().manual_seed(cfg.seed), zero_last=True)
+    network.to(device)
+    ema = copy.deepcopy(network).requires_grad_(False)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.lr)
+    step = 0
+    if (out / STATE_FILE).exists():
+        state = torch.load(out / STATE_FILE, weights_only=True, map_location=device)
+        network.load_state_dict(state["network"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        rng.set_state(state["rng"].cpu())
+        step = state["step"]
+    started = time.perf_counter()
+    with (out / LOG_FILE).open("a") as log:
+        while step < cfg.steps:
+            index = torch.randint(len(images), (cfg.batch_size,), generator=rng, device=device)
+            x0 = images[index]
+            sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=rng,
+                                                          device=device)).exp()
+            noise = torch.randn(x0.shape, generator=rng, device=device)
+            loss = dsm_loss(network, x0, sigma, noise, cfg.sigma_data)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                for target, live in zip(ema.parameters(), network.parameters(), strict=True):
+                    target.lerp_(live, 1 - cfg.ema_decay)
+            step += 1
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                tmp = out / (STATE_FILE + ".tmp")
+                torch.save({"network": network.state_dict(), "ema": ema.state_dict(),
+                            "optimiser": optimiser.state_dict(), "rng": rng.get_state(),
+                            "step": step}, tmp)
+                os.replace(tmp, out / STATE_FILE)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                record = {"step": step, "loss": loss.item(),
+                          "elapsed_s": time.perf_counter() - started}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if on_report is not None:
+                    on_report(record)
+    tmp = out / (TEACHER_FILE + ".tmp")
+    torch.save(ema.state_dict(), tmp)
+    os.replace(tmp, out / TEACHER_FILE)
+    (out / STATE_FILE).unlink(missing_ok=True)
+    return out
+
+
+def load_teacher(cfg: ImageTeacherConfig, device: str = "cpu",
+                 on_report: Callable[[dict[str, Any]], None] | None = None) -> ImageTeacher:
+    """The teacher of ``cfg`` from its directory, trained first if it is not there yet."""
+    directory = train_teacher(cfg, device=device, on_report=on_report)
+    data = load_dataset(cfg.dataset, cfg.data_dir or None)
+    network = build_denoiser(cfg, data.images.shape[1])
+    network.load_state_dict(torch.load(directory / TEACHER_FILE, weights_only=True,
+                                       map_location="cpu"))
+    return ImageTeacher(network, data, cfg).to(device)
