@@ -445,7 +445,7 @@ _BASE_PRESETS: dict[str, Config] = {
     "cifar10": Config(
         preset="cifar10",
         teacher="image",
-        image_teacher=ImageTeacherConfig(dataset="cifar10", channels=128,
+        image_teacher=ImageTeacherConfig(dataset="cifar10", channels=192,
                                          channel_mult=(1, 2, 2, 2), steps=200_000,
                                          batch_size=256,
                                          lr=2e-4, ema_decay=0.9999),

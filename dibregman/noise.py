@@ -35,5 +35,5 @@ def sample_sigmas(
     n = len(grid)
     low = int(round(quantile_low * (n - 1)))
     high = max(low, int(round(quantile_high * (n - 1))))
-    index = torch.randint(low, high + 1, (batch,), generator=generator)
+    index = torch.randint(low, high + 1, (batch,), generator=generator, device=generator.device)
     return grid[index]

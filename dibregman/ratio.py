@@ -151,7 +151,7 @@ class RatioEstimator(nn.Module):
         upper = min(cfg.clip_max, generator.ratio_max)
         clipped = ratio.clamp(cfg.clip_min, upper)
         weight = generator.weight(clipped)
-        quantiles = torch.quantile(clipped, torch.tensor([0.05, 0.5, 0.95]))
+        quantiles = torch.quantile(clipped, torch.tensor([0.05, 0.5, 0.95], device=ratio.device))
         diagnostics = {
             "weight_min": float(weight.min()),
             "weight_mean": float(weight.mean()),

@@ -95,6 +95,11 @@ class ImageTeacher(Teacher):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         latents = torch.randn(n, *self.shape, generator=generator, device=generator.device)
+        return self.sample_from(latents)
+
+    @torch.no_grad()
+    def sample_from(self, latents: Tensor) -> Tensor:
+        """Heun samples from given standard-normal ``latents: (B, *shape)``."""
         return heun_sample(self.denoise, latents.to(self.device), self.cfg.sampler_steps,
                            self.sigma_min, self.sigma_max)
 

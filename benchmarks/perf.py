@@ -1,0 +1,176 @@
+"""Image benchmark: what a one-step student buys, and what the Bregman weight costs.
+
+Prints, from one process (ratios are measured side by side):
+
+1. teacher (EDM Heun, 35 network evaluations) vs distilled students (1 evaluation) on the same
+   latents: samples/s of each, the speed-up, and the domain FD (and Inception FID with
+   ``--fid``) of each against the training set;
+2. the time of a Di-Bregman student step vs a plain DMD step (weight forced to 1);
+3. with ``--mfu`` (a GPU): the model FLOP utilisation of one distillation iteration of a
+   preset (``cifar10`` by default): FLOPs counted with ``torch.utils.flop_counter`` over one
+   iteration, divided by its time and by a bf16 matmul peak measured in the same run.
+
+    python benchmarks/perf.py --preset digits --runs runs/digits-reverse_kl-s0 runs/digits-js-s0
+    python benchmarks/perf.py --preset cifar10 --mfu --random-data --no-quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dibregman.config import from_dict, get_preset, with_overrides
+from dibregman.data import ImageDataset
+from dibregman.distill import Distiller, resolve_device
+from dibregman.evaluate import build_evaluator
+from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE
+from dibregman.teachers import teacher_for
+from dibregman.teachers.image import ImageTeacher, build_denoiser
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int = 1) -> tuple[float, object]:
+    """Seconds per call of ``fn`` (after one warm-up call) and its last result."""
+    result = fn()
+    synchronise(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        result = fn()
+    synchronise(device)
+    return (time.perf_counter() - started) / repeats, result
+
+
+def random_teacher(cfg, device: torch.device) -> ImageTeacher:
+    """A randomly initialised teacher of the preset's architecture on random data of its
+    dataset's shape: enough to measure speed and FLOPs without the dataset."""
+    shapes = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+    shape = shapes[cfg.image_teacher.dataset]
+    data = ImageDataset("random", torch.rand(4096, *shape) * 2 - 1,
+                        torch.zeros(4096, dtype=torch.long), 0)
+    return ImageTeacher(build_denoiser(cfg.image_teacher, shape[0]), data,
+                        cfg.image_teacher).to(device)
+
+
+def quality(args, cfg, teacher, device: torch.device) -> None:
+    evaluator = build_evaluator(teacher, cfg.eval)
+    n = args.n
+    latents = torch.randn(n, *teacher.shape, generator=torch.Generator().manual_seed(0))
+    batches = latents.to(device).split(args.batch_size)
+
+    def teacher_samples():
+        with torch.no_grad():
+            return torch.cat([teacher.sample_from(b) for b in batches]).float().cpu()
+
+    rows = []
+    seconds, samples = timed(teacher_samples, device)
+    rows.append(("teacher (Heun, 35 NFE)", n / seconds, evaluator, samples))
+    for run in args.runs:
+        run_cfg = from_dict(json.loads((Path(run) / CONFIG_FILE).read_text()))
+        distiller = Distiller(run_cfg, teacher)
+        state = torch.load(Path(run) / CHECKPOINT_DIR / CHECKPOINT_FILE, weights_only=True,
+                           map_location=device)
+        distiller.load_state_dict(state["distiller"])
+        student = distiller.student_ema
+
+        def student_samples(student=student):
+            with torch.no_grad():
+                return torch.cat([student(b) for b in batches]).float().cpu()
+
+        seconds, samples = timed(student_samples, device, repeats=5)
+        label = f"student {run_cfg.generator.name} (1 NFE, step {distiller.generator_step})"
+        rows.append((label, n / seconds, evaluator, samples))
+    teacher_speed = rows[0][1]
+    print(f"\n| model | samples/s | speed-up | domain FD (n={n}) |"
+          + (" Inception FID |" if args.fid else ""))
+    print("|---|---|---|---|" + ("---|" if args.fid else ""))
+    for label, speed, evaluator, samples in rows:
+        fd = next(iter(evaluator.curve(samples).values()))
+        fid = f" {evaluator.fid(samples):.3f} |" if args.fid else ""
+        print(f"| {label} | {speed:.1f} | {speed / teacher_speed:.1f}x | {fd:.4f} |{fid}")
+
+
+def step_cost(cfg, teacher, device: torch.device, repeats: int) -> None:
+    """A Di-Bregman student step (pearson weight) vs a plain DMD step, same config."""
+    results = []
+    for label, overrides in [("Di-Bregman (pearson)", {"generator.name": "pearson"}),
+                             ("DMD (weight forced to 1)", {"train.force_unit_weight": True})]:
+        distiller = Distiller(with_overrides(cfg, overrides), teacher)
+        seconds, _ = timed(distiller.student_step, device, repeats)
+        results.append((label, seconds))
+    print("\n| student step | ms | ratio to DMD |\n|---|---|---|")
+    for label, seconds in results:
+        print(f"| {label} | {seconds * 1e3:.2f} | {seconds / results[1][1]:.3f} |")
+
+
+def matmul_peak(device: torch.device) -> float:
+    """Measured bf16 matmul FLOP/s (the MFU denominator): 8192^3 on a GPU, 1024^3 on a CPU."""
+    size = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    seconds, _ = timed(lambda: a @ b, device, repeats=20)
+    return 2 * size**3 / seconds
+
+
+def mfu(cfg, teacher, device: torch.device, repeats: int, compile_: bool) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    distiller = Distiller(cfg, teacher)
+    if compile_:
+        for name in ("student", "fake"):
+            setattr(distiller, name, torch.compile(getattr(distiller, name)))
+    distiller.step()  # warm-up (and compilation)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        distiller.step()
+    flops = counter.get_total_flops()
+    seconds, _ = timed(distiller.step, device, repeats)
+    peak = matmul_peak(device)
+    params = sum(p.numel() for p in distiller.student.parameters())
+    print("\n| preset | params (student) | batch | critic steps | FLOPs / iteration | s / "
+          "iteration | achieved TFLOP/s | bf16 matmul peak TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {cfg.preset}{' (compiled)' if compile_ else ''} | {params / 1e6:.1f}M "
+          f"| {cfg.train.batch_size} | {cfg.train.critic_steps_per_generator_step} "
+          f"| {flops / 1e12:.2f} T | {seconds:.4f} | {flops / seconds / 1e12:.1f} "
+          f"| {peak / 1e12:.0f} | {flops / seconds / peak:.1%} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="digits")
+    parser.add_argument("--runs", nargs="*", default=[], help="finished `bench run` dirs")
+    parser.add_argument("--n", type=int, default=1797, help="samples per model")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
+    parser.add_argument("--fid", action="store_true", help="also Inception FID")
+    parser.add_argument("--mfu", action="store_true", help="model FLOP utilisation (GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile for --mfu")
+    parser.add_argument("--random-data", action="store_true",
+                        help="random-initialised teacher on random data (speed and FLOPs only)")
+    parser.add_argument("--no-quality", action="store_true")
+    args = parser.parse_args()
+    cfg = with_overrides(get_preset(args.preset), dict(s.split("=", 1) for s in args.set))
+    device = resolve_device(cfg.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    teacher = random_teacher(cfg, device) if args.random_data else teacher_for(cfg, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"preset {cfg.preset} on {name}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    if not args.no_quality:
+        quality(args, cfg, teacher, device)
+    step_cost(cfg, teacher, device, args.repeats)
+    if args.mfu:
+        mfu(cfg, teacher, device, args.repeats, args.compile)
+
+
+if __name__ == "__main__":
+    main()
