@@ -25,6 +25,7 @@ from dibregman.config import (
     validate,
     with_overrides,
 )
+from dibregman.data import dataset_names
 from dibregman.ratio import estimator_names
 from dibregman.run import run_experiment
 
@@ -304,9 +305,11 @@ def list_() -> None:
     console.print(table)
     console.print("[bold]ratio estimators:[/] " + ", ".join(estimator_names()))
     console.print("[bold]presets:[/] " + ", ".join(preset_names()))
+    console.print("[bold]image datasets:[/] " + ", ".join(dataset_names()) + ", folder:PATH")
     console.print(
-        "[bold]metrics[/] (N = sample count): fd_nN, nll_nN, modes_covered_nN, mode_tv_nN, "
-        "off_mode_nN, precision_kK_nN, recall_kK_nN, mmd_nN"
+        "[bold]metrics[/] (N = sample count): mixtures: fd_nN, nll_nN, modes_covered_nN, "
+        "mode_tv_nN, off_mode_nN, precision_kK_nN, recall_kK_nN, mmd_nN; images: fd_cls_nN, "
+        "precision_cls_kK_nN, recall_cls_kK_nN, class_coverage_nN, fid_nN"
     )
     console.print("[bold]config keys:[/] " + ", ".join(config_keys()))
 

@@ -403,7 +403,8 @@ def chart_weights(data: SweepData, labels: list[str], out: Path) -> str:
 
 
 def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out: Path) -> str:
-    """Each generator's samples over the teacher's density (its lowest seed)."""
+    """Each generator's samples picture (its lowest seed): scatter over the teacher's density
+    for mixture teachers, a sample grid for image teachers."""
     pictures = []
     for label in labels:
         runs = data.runs[data.runs.label == label].sort_values("seed")
@@ -422,7 +423,7 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
     for ax, (title, image) in zip(axes.ravel(), pictures, strict=False):
         ax.imshow(image)
         ax.set_title(title, fontsize=8)
-    fig.suptitle("Student samples over the teacher's density")
+    fig.suptitle("Student samples (one seed per generator)")
     name = _save(fig, out, "samples")
     for leftover in sorted((out / ".tmp").rglob("*"), reverse=True):
         leftover.unlink() if leftover.is_file() else leftover.rmdir()

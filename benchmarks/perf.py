@@ -123,9 +123,11 @@ def mfu(cfg, teacher, device: torch.device, repeats: int, compile_: bool) -> Non
     from torch.utils.flop_counter import FlopCounterMode
 
     distiller = Distiller(cfg, teacher)
-    if compile_:
+    if compile_:  # every network of the iteration: student, fake score, teacher, ratio net
         for name in ("student", "fake"):
             setattr(distiller, name, torch.compile(getattr(distiller, name)))
+        teacher.network = torch.compile(teacher.network)
+        distiller.ratio.network = torch.compile(distiller.ratio.network)
     distiller.step()  # warm-up (and compilation)
     counter = FlopCounterMode(display=False)
     with counter:

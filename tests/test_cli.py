@@ -14,7 +14,8 @@ runner = CliRunner()
 def test_list_shows_every_registry():
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
-    for name in [*generator_names(), "classifier", "ulsif", "gmm2d-tiny", "train.lr"]:
+    for name in [*generator_names(), "classifier", "ulsif", "gmm2d-tiny", "train.lr", "mnist",
+                 "fd_cls_nN"]:
         assert name in result.output
 
 
