@@ -280,7 +280,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Browse the runs: the MLflow UI on 127.0.0.1 against the sweeps' store."""
-    import subprocess
+    import os
     import sys
 
     from bench.tracking import resolve_tracking_uri
@@ -289,7 +289,9 @@ def ui(
     console.print(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(port)]
-    raise typer.Exit(subprocess.call(command))
+    sys.stdout.flush()
+    # Become the server, so Ctrl-C and signals reach it and no orphan is left behind.
+    os.execv(sys.executable, command)
 
 
 @app.command("list")
