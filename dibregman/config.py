@@ -417,7 +417,10 @@ _BASE_PRESETS: dict[str, Config] = {
     "digits": Config(
         preset="digits",
         teacher="image",
-        image_teacher=ImageTeacherConfig(dataset="digits", channels=32, steps=4000),
+        # 2500 steps with EMA 0.995 matched 4000 steps with EMA 0.999 (domain FD of 1797
+        # Heun samples 0.273 vs 0.264) in 150 s instead of 252 s on 2 cores.
+        image_teacher=ImageTeacherConfig(dataset="digits", channels=32, steps=2500,
+                                         ema_decay=0.995),
         train=TrainConfig(generator_steps=300, critic_steps_per_generator_step=3,
                           fake_warmup_steps=50, batch_size=64, lr=1e-4, sigma_max=80.0,
                           ema_decay=0.95),
