@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -406,15 +407,16 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
     """Each generator's samples picture (its lowest seed): scatter over the teacher's density
     for mixture teachers, a sample grid for image teachers."""
     pictures = []
-    for label in labels:
-        runs = data.runs[data.runs.label == label].sort_values("seed")
-        for row in runs.itertuples():
-            try:
-                path = client.download_artifacts(row.run_id, "samples.png", str(out / ".tmp"))
-            except Exception:  # noqa: BLE001 - a run without its picture is skipped
-                continue
-            pictures.append((f"{label} (seed {row.seed}, {row.status})", plt.imread(path)))
-            break
+    with tempfile.TemporaryDirectory() as downloads:
+        for label in labels:
+            runs = data.runs[data.runs.label == label].sort_values("seed")
+            for row in runs.itertuples():
+                try:
+                    path = client.download_artifacts(row.run_id, "samples.png", downloads)
+                except Exception:  # noqa: BLE001 - a run without its picture is skipped
+                    continue
+                pictures.append((f"{label} (seed {row.seed}, {row.status})", plt.imread(path)))
+                break
     columns = min(5, max(1, len(pictures)))
     rows = max(1, math.ceil(len(pictures) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.1 * rows), squeeze=False)
@@ -424,12 +426,7 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
         ax.imshow(image)
         ax.set_title(title, fontsize=8)
     fig.suptitle("Student samples (one seed per generator)")
-    name = _save(fig, out, "samples")
-    for leftover in sorted((out / ".tmp").rglob("*"), reverse=True):
-        leftover.unlink() if leftover.is_file() else leftover.rmdir()
-    if (out / ".tmp").exists():
-        (out / ".tmp").rmdir()
-    return name
+    return _save(fig, out, "samples")
 
 
 def chart_search(data: SweepData, out: Path) -> str:

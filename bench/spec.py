@@ -292,13 +292,17 @@ def _expand_grid(value: Any, fail) -> list[dict[str, Any]]:
     return points
 
 
-def _parse_search(value: Any, fail) -> SearchSpec:
-    allowed = ("num_samples", "space", "sampler_seed")
+def _check_mapping(value: Any, where: str, allowed: tuple[str, ...], fail) -> None:
+    """``value`` must be a mapping whose keys are all in ``allowed``."""
     if not isinstance(value, dict):
-        raise fail("search", f"must be a mapping with keys {', '.join(allowed)}")
+        raise fail(where, f"must be a mapping with keys {', '.join(allowed)}")
     for key in value:
         if key not in allowed:
-            raise fail(f"search.{key}", f"unknown key; valid: {', '.join(allowed)}")
+            raise fail(f"{where}.{key}", f"unknown key; valid: {', '.join(allowed)}")
+
+
+def _parse_search(value: Any, fail) -> SearchSpec:
+    _check_mapping(value, "search", ("num_samples", "space", "sampler_seed"), fail)
     num_samples = value.get("num_samples")
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise fail("search.num_samples", f"{num_samples!r} must be a positive integer")
@@ -342,12 +346,7 @@ def _check_search_bounds(base: Config, search: SearchSpec, fail) -> None:
 
 
 def _parse_scheduler(value: Any, fail) -> SchedulerSpec:
-    allowed = ("type", "grace_period", "reduction_factor")
-    if not isinstance(value, dict):
-        raise fail("scheduler", f"must be a mapping with keys {', '.join(allowed)}")
-    for key in value:
-        if key not in allowed:
-            raise fail(f"scheduler.{key}", f"unknown key; valid: {', '.join(allowed)}")
+    _check_mapping(value, "scheduler", ("type", "grace_period", "reduction_factor"), fail)
     kind = value.get("type", "asha")
     if kind != "asha":
         raise fail("scheduler.type", f"{kind!r}; valid: asha")

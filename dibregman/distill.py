@@ -38,6 +38,7 @@ from dibregman.networks import (
     MLPNet,
     OneStepGenerator,
     RatioNetwork,
+    ema_update,
     init_parameters,
 )
 from dibregman.noise import karras_sigmas, sample_sigmas
@@ -224,7 +225,7 @@ class Distiller:
         finite = self._apply(loss, self.opt_student, self.student, clip=train.grad_clip)
         self._count_nonfinite(finite)
         if finite:
-            self._update_ema()
+            ema_update(self.student_ema, self.student, self.cfg.train.ema_decay)
         diagnostics["loss_dm"] = loss_dm.item()
         diagnostics["grad_norm"] = float(grad.flatten(1).norm(dim=1).mean())
         return diagnostics
@@ -277,14 +278,6 @@ class Distiller:
         self.nonfinite_total += 1
         if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
             self.status = DIVERGED
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.cfg.train.ema_decay
-        for ema, live in zip(
-            self.student_ema.parameters(), self.student.parameters(), strict=True
-        ):
-            ema.lerp_(live, 1 - decay)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

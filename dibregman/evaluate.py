@@ -26,6 +26,7 @@ from dibregman.config import Config, EvalConfig
 from dibregman.metrics import (
     frechet_distance,
     frechet_distance_to_moments,
+    gaussian_moments,
     mixture_moments,
     mmd_rbf,
     mode_stats,
@@ -179,10 +180,8 @@ class ImageEvaluator:
         reference = cached_moments(lambda: inception_features(self.data.images, device=device),
                                    [self.data_hash, "inception-clean"],
                                    cache_root() / "statistics")
-        features = inception_features(samples, device=device)
-        mu = features.mean(0).numpy()
-        cov = torch.cov(features.T).numpy()
-        return frechet_distance(mu, cov, *reference)
+        return frechet_distance(*gaussian_moments(inception_features(samples, device=device)),
+                                *reference)
 
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:
         from dibregman.plots import plot_image_grid

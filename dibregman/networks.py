@@ -53,6 +53,13 @@ def init_parameters(module: nn.Module, generator: torch.Generator, zero_last: bo
                 layers[-1].bias.zero_()
 
 
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """``target <- decay * target + (1 - decay) * source``, parameter by parameter."""
+    for averaged, live in zip(target.parameters(), source.parameters(), strict=True):
+        averaged.lerp_(live, 1 - decay)
+
+
 class NoiseEmbedding(nn.Module):
     """Sinusoidal features of ``c_noise``: ``(B,) -> (B, 2 * n_frequencies)``."""
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from dibregman.config import ImageTeacherConfig
 from dibregman.data import ImageDataset, load_dataset
-from dibregman.networks import Denoiser, UNet, init_parameters
+from dibregman.networks import Denoiser, UNet, ema_update, init_parameters
 from dibregman.sampling import heun_sample
 from dibregman.teachers.base import Teacher, expand_sigma
 
@@ -162,9 +162,7 @@ def train_teacher(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            with torch.no_grad():
-                for target, live in zip(ema.parameters(), network.parameters(), strict=True):
-                    target.lerp_(live, 1 - cfg.ema_decay)
+            ema_update(ema, network, cfg.ema_decay)
             step += 1
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 tmp = out / (STATE_FILE + ".tmp")
