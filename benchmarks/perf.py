@@ -7,8 +7,9 @@ Prints, from one process (ratios are measured side by side):
    ``--fid``) of each against the training set;
 2. the time of a Di-Bregman student step vs a plain DMD step (weight forced to 1);
 3. with ``--mfu`` (a GPU): the model FLOP utilisation of one distillation iteration of a
-   preset (``cifar10`` by default): FLOPs counted with ``torch.utils.flop_counter`` over one
-   iteration, divided by its time and by a bf16 matmul peak measured in the same run.
+   preset: FLOPs counted with ``torch.utils.flop_counter`` over one iteration, divided by its
+   time and by a bf16 matmul peak measured in the same run; eager, and with ``--compile``
+   also with the config's ``compile`` on.
 
     python benchmarks/perf.py --preset digits --runs runs/digits-reverse_kl-s0 runs/digits-js-s0
     python benchmarks/perf.py --preset cifar10 --mfu --random-data --no-quality
@@ -119,30 +120,35 @@ def matmul_peak(device: torch.device) -> float:
     return 2 * size**3 / seconds
 
 
-def mfu(cfg, teacher, device: torch.device, repeats: int, compile_: bool) -> None:
+def iteration_flops(cfg, teacher) -> int:
+    """FLOPs of one distillation iteration (critic steps + a student step), counted eagerly."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    distiller = Distiller(cfg, teacher)
-    if compile_:  # every network of the iteration: student, fake score, teacher, ratio net
-        for name in ("student", "fake"):
-            setattr(distiller, name, torch.compile(getattr(distiller, name)))
-        teacher.network = torch.compile(teacher.network)
-        distiller.ratio.network = torch.compile(distiller.ratio.network)
-    distiller.step()  # warm-up (and compilation)
+    distiller = Distiller(with_overrides(cfg, {"compile": False}), teacher)
     counter = FlopCounterMode(display=False)
     with counter:
         distiller.step()
-    flops = counter.get_total_flops()
-    seconds, _ = timed(distiller.step, device, repeats)
+    return counter.get_total_flops()
+
+
+def mfu(cfg, teacher, device: torch.device, repeats: int, compile_: bool) -> None:
+    """MFU of the preset's iteration, eager and (with ``compile_``) under ``torch.compile``."""
     peak = matmul_peak(device)
-    params = sum(p.numel() for p in distiller.student.parameters())
-    print("\n| preset | params (student) | batch | critic steps | FLOPs / iteration | s / "
-          "iteration | achieved TFLOP/s | bf16 matmul peak TFLOP/s | MFU |")
+    flops = iteration_flops(cfg, teacher)
+    print(f"\nbf16 matmul peak (measured): {peak / 1e12:.1f} TFLOP/s")
+    print("\n| preset | variant | params (student) | batch | critic steps | FLOPs / iteration "
+          "| s / iteration | achieved TFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {cfg.preset}{' (compiled)' if compile_ else ''} | {params / 1e6:.1f}M "
-          f"| {cfg.train.batch_size} | {cfg.train.critic_steps_per_generator_step} "
-          f"| {flops / 1e12:.2f} T | {seconds:.4f} | {flops / seconds / 1e12:.1f} "
-          f"| {peak / 1e12:.0f} | {flops / seconds / peak:.1%} |")
+    for compiled in [False, True] if compile_ else [False]:
+        distiller = Distiller(with_overrides(cfg, {"compile": compiled}), teacher)
+        distiller.step()  # warm-up: cuDNN autotuning, compilation
+        seconds, _ = timed(distiller.step, device, repeats)
+        params = sum(p.numel() for p in distiller.student.parameters())
+        print(f"| {cfg.preset} | {'torch.compile' if compiled else 'eager'} "
+              f"| {params / 1e6:.1f}M | {cfg.train.batch_size} "
+              f"| {cfg.train.critic_steps_per_generator_step} | {flops / 1e12:.2f} T "
+              f"| {seconds:.4f} | {flops / seconds / 1e12:.1f} | {flops / seconds / peak:.1%} |",
+              flush=True)
 
 
 def main() -> None:
@@ -155,7 +161,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
     parser.add_argument("--fid", action="store_true", help="also Inception FID")
     parser.add_argument("--mfu", action="store_true", help="model FLOP utilisation (GPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile for --mfu")
+    parser.add_argument("--compile", action="store_true",
+                        help="--mfu also with torch.compile")
     parser.add_argument("--random-data", action="store_true",
                         help="random-initialised teacher on random data (speed and FLOPs only)")
     parser.add_argument("--no-quality", action="store_true")

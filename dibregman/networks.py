@@ -55,9 +55,12 @@ def init_parameters(module: nn.Module, generator: torch.Generator, zero_last: bo
 
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """``target <- decay * target + (1 - decay) * source``, parameter by parameter."""
-    for averaged, live in zip(target.parameters(), source.parameters(), strict=True):
-        averaged.lerp_(live, 1 - decay)
+    """``target <- decay * target + (1 - decay) * source`` for every parameter, in one
+    multi-tensor kernel (one launch for the whole network instead of one per tensor)."""
+    averaged, live = list(target.parameters()), list(source.parameters())
+    if len(averaged) != len(live):
+        raise ValueError(f"EMA of {len(live)} parameters into {len(averaged)}")
+    torch._foreach_lerp_(averaged, live, 1 - decay)
 
 
 class NoiseEmbedding(nn.Module):
@@ -87,8 +90,23 @@ class MLPNet(nn.Module):
         return self.net(torch.cat([x_in, self.embedding(c_noise)], dim=1))
 
 
-def _groups(channels: int) -> int:
-    return math.gcd(channels, 8)
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm in the activations' own dtype (8 groups or fewer, as the width allows).
+
+    Autocast runs ``group_norm`` in fp32, so under bf16 every normalisation would cast its
+    input up and leave an fp32 tensor for the elementwise ops and the cast back down that
+    follow, a large share of a ``cifar10`` iteration on a GPU. As EDM does, the affine
+    parameters are cast to the input's dtype instead; the kernel still accumulates the
+    statistics in fp32. In fp32 this is exactly ``nn.GroupNorm``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(math.gcd(channels, 8), channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.group_norm(x, self.num_groups, self.weight.to(x.dtype),
+                                            self.bias.to(x.dtype), self.eps)
 
 
 class ResBlock(nn.Module):
@@ -96,10 +114,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(in_channels), in_channels)
+        self.norm1 = GroupNorm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_channels)
-        self.norm2 = nn.GroupNorm(_groups(out_channels), out_channels)
+        self.norm2 = GroupNorm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = (nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels
                      else nn.Identity())
@@ -153,7 +171,7 @@ class UNet(nn.Module):
                                                    nn.Conv2d(width, widths[level - 1], 3,
                                                              padding=1)))
                 previous = widths[level - 1]
-        self.out = nn.Sequential(nn.GroupNorm(_groups(previous), previous), nn.SiLU(),
+        self.out = nn.Sequential(GroupNorm(previous), nn.SiLU(),
                                  nn.Conv2d(previous, in_channels, 3, padding=1))
 
     def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from dibregman.config import ImageTeacherConfig, get_preset, with_overrides
 from dibregman.distill import Distiller
-from dibregman.networks import Denoiser, UNet, init_parameters
+from dibregman.networks import Denoiser, GroupNorm, UNet, ema_update, init_parameters
 from dibregman.run import run_experiment
 from dibregman.sampling import heun_sample
 from dibregman.teachers import teacher_for
@@ -33,6 +33,30 @@ def test_unet_keeps_shape_for_every_dataset_size():
         net = Denoiser(UNet(channels, 8, mult), 0.5)
         x = torch.randn(2, channels, size, size)
         assert net(x, torch.tensor([0.1, 10.0])).shape == x.shape
+
+
+def test_group_norm_is_torchs_in_fp32_and_stays_bf16_under_autocast():
+    torch.manual_seed(0)
+    norm = GroupNorm(24)
+    reference = torch.nn.GroupNorm(8, 24)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    reference.load_state_dict(norm.state_dict())
+    x = torch.randn(4, 24, 8, 8) * 3 + 1
+    assert torch.equal(norm(x), reference(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CUDA's autocast would give fp32
+        half = norm(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), reference(x), atol=0.05, rtol=0.02)
+
+
+def test_ema_update_interpolates_every_parameter():
+    torch.manual_seed(0)
+    live, averaged = UNet(1, channels=8), UNet(1, channels=8)
+    before = [p.clone() for p in averaged.parameters()]
+    ema_update(averaged, live, decay=0.9)
+    for old, new, source in zip(before, averaged.parameters(), live.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * source)
 
 
 def test_teacher_training_lowers_the_dsm_loss(tmp_path):
