@@ -159,6 +159,18 @@ def test_reverse_kl_identity_holds_on_images():
     assert all(torch.equal(weighted[k], forced[k]) for k in weighted)
 
 
+def test_compile_option_compiles_every_network_in_place():
+    cfg = tiny_digits(compile=True)
+    teacher = teacher_for(cfg)
+    plain = Distiller(tiny_digits(), teacher)
+    d = Distiller(cfg, teacher)
+    # Compilation itself is lazy (at the first step): wiring only, no compile time here.
+    for module in (d.student, d.fake, d.ratio.network, teacher.network):
+        assert module._compiled_call_impl is not None
+    assert plain.student._compiled_call_impl is None
+    assert d.state_dict()["student"].keys() == plain.state_dict()["student"].keys()
+
+
 @pytest.mark.slow  # its domain classifier trains on 5,000 28x28 images first (a minute)
 def test_mnist_tiny_runs(tmp_path):
     result = run_experiment(with_overrides(get_preset("mnist-tiny"),
