@@ -128,6 +128,8 @@ class TrainConfig:
             first fitted to the initial student.
         batch_size: samples per step for every network.
         lr, betas, weight_decay: AdamW for all three networks.
+        fake_lr_scale: the fake score's learning rate is ``lr`` times this: a second
+            time-scale besides the critic steps, so the fake score keeps up with the student.
         grad_clip: max gradient norm of the student.
         ema_decay: EMA of the student used for evaluation.
         gan_weight: weight of the optional adversarial term ``softplus(log r(x_s))`` (0 = off).
@@ -145,6 +147,7 @@ class TrainConfig:
     fake_warmup_steps: int = 200
     batch_size: int = 256
     lr: float = 1e-3
+    fake_lr_scale: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 10.0
@@ -532,6 +535,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.fake_warmup_steps >= 0, "train.fake_warmup_steps must be >= 0"),
         (cfg.train.batch_size >= 2, "train.batch_size must be >= 2"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
+        (cfg.train.fake_lr_scale > 0, "train.fake_lr_scale must be > 0"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (0 < cfg.train.sigma_min < cfg.train.sigma_max,
          "need 0 < train.sigma_min < train.sigma_max"),

@@ -120,14 +120,14 @@ class Distiller:
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.precision == "bf16")
 
-        def adamw(module: torch.nn.Module) -> torch.optim.AdamW:
+        def adamw(module: torch.nn.Module, lr: float = train.lr) -> torch.optim.AdamW:
             return torch.optim.AdamW(
-                module.parameters(), lr=train.lr, betas=train.betas,
+                module.parameters(), lr=lr, betas=train.betas,
                 weight_decay=train.weight_decay, fused=self.device.type == "cuda",
             )
 
         self.opt_student = adamw(self.student)
-        self.opt_fake = adamw(self.fake)
+        self.opt_fake = adamw(self.fake, train.lr * train.fake_lr_scale)
         self.opt_ratio = adamw(self.ratio)
         self.sigma_grid = karras_sigmas(
             train.sigma_grid_size, train.sigma_min, train.sigma_max, train.rho

@@ -72,6 +72,7 @@ def test_unknown_preset_lists_valid():
     ({"teacher": "mnist9"}, "unknown teacher"),
     ({"train.sigma_min": 30.0}, "sigma_min < train.sigma_max"),
     ({"ratio.clip_min": 0.0}, "ratio.clip_min"),
+    ({"train.fake_lr_scale": 0.0}, "train.fake_lr_scale must be > 0"),
 ])
 def test_validate_names_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):

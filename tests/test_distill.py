@@ -106,3 +106,10 @@ def test_distillation_lowers_frechet_distance(name):
         d.step()
     after = curve(d.sample(2000, 7))["fd_n2000"]
     assert after < before / 3, f"{name}: FD {before:.3f} -> {after:.3f}"
+
+
+def test_fake_score_learns_at_its_own_rate():
+    d = distiller(steps=0, **{"train.lr": 1e-3, "train.fake_lr_scale": 4.0})
+    assert [g["lr"] for g in d.opt_fake.param_groups] == [4e-3]
+    assert [g["lr"] for g in d.opt_student.param_groups] == [1e-3]
+    assert [g["lr"] for g in d.opt_ratio.param_groups] == [1e-3]
