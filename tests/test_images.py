@@ -127,7 +127,8 @@ def test_student_starts_as_the_teachers_one_step_denoiser():
     z = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     sigma = torch.full((5,), cfg.train.sigma_init)
     with torch.no_grad():
-        torch.testing.assert_close(distiller.student(z), teacher.denoise(80.0 * z, sigma))
+        torch.testing.assert_close(distiller.student(z),
+                                   teacher.denoise(cfg.train.sigma_init * z, sigma))
         torch.testing.assert_close(distiller.fake(z, sigma), teacher.denoise(z, sigma))
 
 
