@@ -131,7 +131,8 @@ class TrainConfig:
         fake_lr_scale: the fake score's learning rate is ``lr`` times this: a second
             time-scale besides the critic steps, so the fake score keeps up with the student.
         grad_clip: max gradient norm of the student.
-        ema_decay: EMA of the student used for evaluation.
+        ema_decay: EMA of the student used for evaluation; the decay ramps up as
+            ``min(ema_decay, t / (t + 1))`` so the initial weights never linger in it.
         gan_weight: weight of the optional adversarial term ``softplus(log r(x_s))`` (0 = off).
         sigma_min, sigma_max, rho, sigma_grid_size, sigma_quantile_low, sigma_quantile_high: the
             Karras grid of noise levels; indices are drawn uniformly in the quantile range.

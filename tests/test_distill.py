@@ -113,3 +113,14 @@ def test_fake_score_learns_at_its_own_rate():
     assert [g["lr"] for g in d.opt_fake.param_groups] == [4e-3]
     assert [g["lr"] for g in d.opt_student.param_groups] == [1e-3]
     assert [g["lr"] for g in d.opt_ratio.param_groups] == [1e-3]
+
+
+def test_student_ema_is_the_mean_of_the_iterates_until_its_decay_cap():
+    d = distiller(steps=0, **{"train.ema_decay": 0.9})
+    iterates = []
+    for _ in range(4):
+        d.step()
+        iterates.append([p.clone() for p in d.student.parameters()])
+    for i, averaged in enumerate(d.student_ema.parameters()):
+        mean = torch.stack([it[i] for it in iterates]).mean(dim=0)
+        torch.testing.assert_close(averaged, mean)
