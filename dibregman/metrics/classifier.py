@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dibregman.metrics.reference import content_hash
+from dibregman.networks import GroupNorm
 
 FEATURE_DIM = 64
 # bump when the architecture or the training procedure changes: it is part of the cache key
@@ -40,7 +41,7 @@ _CLASSIFIER_VERSION = "domain-classifier-v1"
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
-        nn.GroupNorm(math.gcd(8, c_out), c_out),
+        GroupNorm(c_out),
         nn.SiLU(),
     )
 
