@@ -134,6 +134,9 @@ class TrainConfig:
         ema_decay: EMA of the student used for evaluation; the decay ramps up as
             ``min(ema_decay, t / (t + 1))`` so the initial weights never linger in it.
         gan_weight: weight of the optional adversarial term ``softplus(log r(x_s))`` (0 = off).
+        regression_weight: weight of DMD's regression term ``0.5 ||G(z_i) - y_i||^2`` on
+            ``regression_pairs`` fixed pairs of latents ``z_i`` and the teacher's ODE images
+            ``y_i`` (0 = off; DMD, arXiv 2311.18828, §3.3). The same term for every generator.
         sigma_min, sigma_max, rho, sigma_grid_size, sigma_quantile_low, sigma_quantile_high: the
             Karras grid of noise levels; indices are drawn uniformly in the quantile range.
             Toy teachers use ``sigma_max`` ~ 10x the data scale instead of EDM's 80.
@@ -154,6 +157,8 @@ class TrainConfig:
     grad_clip: float = 10.0
     ema_decay: float = 0.95
     gan_weight: float = 0.0
+    regression_weight: float = 0.0
+    regression_pairs: int = 2048
     sigma_min: float = 0.002
     sigma_max: float = 20.0
     rho: float = 7.0
@@ -541,6 +546,9 @@ def validate(cfg: Config) -> None:
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (cfg.train.fake_lr_scale > 0, "train.fake_lr_scale must be > 0"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (cfg.train.gan_weight >= 0, "train.gan_weight must be >= 0"),
+        (cfg.train.regression_weight >= 0, "train.regression_weight must be >= 0"),
+        (cfg.train.regression_pairs >= 1, "train.regression_pairs must be >= 1"),
         (0 < cfg.train.sigma_min < cfg.train.sigma_max,
          "need 0 < train.sigma_min < train.sigma_max"),
         (0 <= cfg.train.sigma_quantile_low < cfg.train.sigma_quantile_high <= 1,

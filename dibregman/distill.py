@@ -11,6 +11,10 @@ sigma^2 (s_fake - s_teacher)``; the per-sample normaliser plays the role of ``la
 then ``loss = 0.5 ||x - stopgrad(x - g)||^2`` so autograd delivers ``g . dx/dtheta``. The ratio
 and the weight are read at the same ``(x_s, sigma)`` as the score difference.
 
+With ``train.regression_weight > 0`` the student loss adds DMD's regression term
+``lambda_reg * 0.5 ||G(z_i) - y_i||^2`` on fixed pairs of latents ``z_i`` and the teacher's ODE
+images ``y_i`` (:func:`regression_pairs`); it is the same for every generator ``h``.
+
 The critic step fits the fake score by denoising score matching on detached student samples
 (loss weight ``lambda = (sigma^2 + sd^2) / (sigma sd)^2``) and the ratio network on noised
 teacher samples (positive) against noised student samples (negative) at the same levels.
@@ -79,6 +83,28 @@ def build_networks(
     return student.train(), fake.train(), ratio_net
 
 
+@torch.no_grad()
+def regression_pairs(
+    teacher: Teacher, n: int, generator: torch.Generator, device: torch.device,
+    batch_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """DMD's regression set: ``n`` latents and the teacher's ODE images of them.
+
+    Args:
+        teacher: the frozen teacher; ``y = teacher.sample_from(z)`` (35 evaluations each).
+        n: number of pairs.
+        generator: a CPU generator for the latents ``z ~ N(0, I)``.
+        device: where the pairs live.
+
+    Returns:
+        latents ``(n, *shape)`` and targets ``(n, *shape)``, both fp32 on ``device``.
+    """
+    latents = torch.randn(n, *teacher.shape, generator=generator).to(device)
+    targets = torch.cat([teacher.sample_from(chunk).float()
+                         for chunk in latents.split(batch_size)])
+    return latents, targets.to(device)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is ``cuda`` when a GPU is visible, else ``cpu``."""
     if name == "auto":
@@ -104,6 +130,9 @@ class Distiller:
         init_rng = torch.Generator().manual_seed(2 * cfg.seed)
         self.rng = torch.Generator(device=self.device).manual_seed(2 * cfg.seed + 1)
         self.student, self.fake, ratio_net = build_networks(cfg, teacher, init_rng)
+        # The pairs' latents continue the initialisation stream: never the evaluation latents.
+        self.pairs = (regression_pairs(teacher, train.regression_pairs, init_rng, self.device)
+                      if train.regression_weight > 0 else None)
         self.student_ema = copy.deepcopy(self.student).requires_grad_(False)
         self.ratio = RatioEstimator(ratio_net, cfg.ratio, train.sigma_min, train.sigma_max)
         for module in (self.student, self.student_ema, self.fake, self.ratio):
@@ -230,6 +259,14 @@ class Distiller:
                 loss_gan = F.softplus(self.ratio.log_ratio(x_noised, sigma)).mean()
             loss = loss + train.gan_weight * loss_gan
             diagnostics["loss_gan"] = loss_gan.item()
+        if self.pairs is not None:
+            latents, targets = self.pairs
+            index = torch.randint(len(latents), (batch,), generator=self.rng, device=self.device)
+            with self.autocast:
+                fitted = self.student(latents[index]).float()
+            loss_regression = 0.5 * ((fitted - targets[index]) ** 2).sum(dim=pixel_dims).mean()
+            loss = loss + train.regression_weight * loss_regression
+            diagnostics["loss_regression"] = loss_regression.item()
 
         finite = self._apply(loss, self.opt_student, self.student, clip=train.grad_clip)
         self._count_nonfinite(finite)

@@ -73,6 +73,9 @@ def test_unknown_preset_lists_valid():
     ({"train.sigma_min": 30.0}, "sigma_min < train.sigma_max"),
     ({"ratio.clip_min": 0.0}, "ratio.clip_min"),
     ({"train.fake_lr_scale": 0.0}, "train.fake_lr_scale must be > 0"),
+    ({"train.gan_weight": -1.0}, "train.gan_weight must be >= 0"),
+    ({"train.regression_weight": -0.5}, "train.regression_weight must be >= 0"),
+    ({"train.regression_pairs": 0}, "train.regression_pairs must be >= 1"),
 ])
 def test_validate_names_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):

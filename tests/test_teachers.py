@@ -85,3 +85,18 @@ def test_unknown_teacher_lists_valid_names():
 def test_bad_weights_rejected():
     with pytest.raises(ValueError, match="sum to 1"):
         GaussianMixtureTeacher(torch.zeros(2, 2), torch.ones(2), torch.tensor([0.5, 0.6]))
+
+
+def test_ode_map_carries_standard_normal_latents_onto_the_mixture():
+    """The probability-flow ODE pushes N(0, I) onto the teacher: component shares, scale and the
+    spread within each component (E||x - mu_k||^2 = d s_k^2) all match."""
+    teacher = build_teacher("gmm2d")
+    latents = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0))
+    x = teacher.sample_from(latents).double()
+    nearest = torch.cdist(x, teacher.means).argmin(1)
+    share = torch.bincount(nearest, minlength=len(teacher.weights)) / len(x)
+    assert (share - teacher.weights).abs().max() < 0.02
+    assert math.isclose(float(x.std(0).pow(2).mean().sqrt()), teacher.sigma_data, rel_tol=0.03)
+    spread = ((x - teacher.means[nearest]) / teacher.stds[nearest, None]).pow(2).sum(1).mean()
+    assert math.isclose(float(spread), 2.0, rel_tol=0.05)
+    assert torch.equal(teacher.sample_from(latents[:5]).double(), x[:5])

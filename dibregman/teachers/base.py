@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from dibregman.sampling import heun_sample
+
 
 def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
     """Broadcast a noise level to ``x``'s shape.
@@ -36,12 +38,14 @@ class Teacher(ABC):
         sigma_min, sigma_max: the noise range the teacher is defined and trained on.
         sigma_data: the data's standard deviation (EDM preconditioning of students and critics).
         shape: the shape of one sample, e.g. ``(2,)`` or ``(1, 8, 8)``.
+        sampler_steps: Heun steps of :meth:`sample_from` (18 = EDM's 35 evaluations).
     """
 
     sigma_min: float
     sigma_max: float
     sigma_data: float
     shape: tuple[int, ...]
+    sampler_steps: int = 18
 
     @abstractmethod
     def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
@@ -58,6 +62,16 @@ class Teacher(ABC):
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """``grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2``, shape of ``x``."""
         return (self.denoise(x, sigma) - x) / expand_sigma(sigma, x) ** 2
+
+    @torch.no_grad()
+    def sample_from(self, latents: Tensor) -> Tensor:
+        """The probability-flow ODE's image of standard-normal ``latents: (B, *shape)``.
+
+        EDM's Heun sampler from ``sigma_max * latents`` (``2 * sampler_steps - 1`` evaluations):
+        a deterministic noise-to-sample map, the pairing DMD's regression term fits.
+        """
+        return heun_sample(self.denoise, latents, self.sampler_steps, self.sigma_min,
+                           self.sigma_max)
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> Tensor:

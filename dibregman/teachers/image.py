@@ -25,7 +25,6 @@ from torch import Tensor
 from dibregman.config import ImageTeacherConfig
 from dibregman.data import ImageDataset, load_dataset
 from dibregman.networks import Denoiser, UNet, ema_update, init_parameters
-from dibregman.sampling import heun_sample
 from dibregman.teachers.base import Teacher, expand_sigma
 
 TEACHER_FILE = "teacher.pt"
@@ -77,6 +76,7 @@ class ImageTeacher(Teacher):
         self.sigma_min = cfg.sigma_min
         self.sigma_max = cfg.sigma_max
         self.sigma_data = cfg.sigma_data
+        self.sampler_steps = cfg.sampler_steps
         self.shape = tuple(data.images.shape[1:])
 
     @property
@@ -97,11 +97,9 @@ class ImageTeacher(Teacher):
         latents = torch.randn(n, *self.shape, generator=generator, device=generator.device)
         return self.sample_from(latents)
 
-    @torch.no_grad()
     def sample_from(self, latents: Tensor) -> Tensor:
-        """Heun samples from given standard-normal ``latents: (B, *shape)``."""
-        return heun_sample(self.denoise, latents.to(self.device), self.cfg.sampler_steps,
-                           self.sigma_min, self.sigma_max)
+        """Heun samples from standard-normal ``latents: (B, *shape)`` on any device."""
+        return super().sample_from(latents.to(self.device))
 
     def sample_data(self, n: int, generator: torch.Generator) -> Tensor:
         index = torch.randint(len(self.data.images), (n,), generator=generator,
