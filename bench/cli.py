@@ -75,7 +75,7 @@ def build_config(
 class LiveProgress:
     """A rich progress bar over generator steps with the latest diagnostics beside it."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, status: str = "") -> None:
         self.progress = Progress(
             TextColumn("[bold]distilling"),
             BarColumn(),
@@ -85,7 +85,7 @@ class LiveProgress:
             TextColumn("{task.fields[status]}"),
             console=console,
         )
-        self.task = self.progress.add_task("run", total=total, status="")
+        self.task = self.progress.add_task("run", total=total, status=status)
 
     def __call__(self, record: dict[str, Any], checkpoint: Path | None) -> None:
         shown = [("loss_dm", "dm"), ("ratio_accuracy", "acc"), ("weight_max", "w_max")]
@@ -119,7 +119,9 @@ def run(
     except ConfigError as err:
         raise fail(str(err)) from None
     run_dir = out or Path("runs") / f"{cfg.preset}-{cfg.generator.name}-s{cfg.seed}"
-    live = LiveProgress(cfg.train.generator_steps)
+    pairs = cfg.train.regression_pairs if cfg.train.regression_weight > 0 else 0
+    status = f"drawing {pairs} teacher ODE pairs (regression term)" if pairs else ""
+    live = LiveProgress(cfg.train.generator_steps, status)
     try:
         with live.progress:
             result = run_experiment(cfg, run_dir, on_report=live)

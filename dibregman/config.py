@@ -439,7 +439,7 @@ _BASE_PRESETS: dict[str, Config] = {
         # Student: fake score at 4x the lr, batch 128, EMA 0.99, sigma_init 2.5 (SiD), and DMD's
         # regression term on 8192 teacher ODE pairs, which lets lr rise to 8e-4. Final domain FD
         # (reverse KL, seed 0, n=1797, evaluation latents): 1.01 (lr 1e-4, batch 64, EMA 0.95,
-        # sigma_init 80) -> 0.65 (lr 2e-4, 300 steps) -> 0.34 (this); distribution matching
+        # sigma_init 80) -> 0.65 (lr 2e-4, 300 steps) -> 0.31 (this); distribution matching
         # alone at lr 8e-4 scored 0.75, the regression term alone (weight 100) 0.74.
         train=TrainConfig(generator_steps=600, critic_steps_per_generator_step=3,
                           fake_warmup_steps=50, batch_size=128, lr=8e-4, fake_lr_scale=4.0,
