@@ -141,7 +141,6 @@ def test_regression_pairs_are_the_teachers_ode_images_of_their_own_latents():
 def test_regression_term_pulls_the_student_onto_the_teachers_ode_map():
     """DMD's regression term: a heavy weight fits ``G(z_i)`` to the ODE images ``y_i``; without
     it distribution matching alone leaves the student far from that pairing."""
-
     reference = distiller(steps=0, **{"train.regression_weight": 1.0,
                                       "train.regression_pairs": 256})
     latents, targets = reference.pairs
