@@ -61,6 +61,14 @@ def random_teacher(cfg, device: torch.device) -> ImageTeacher:
                         cfg.image_teacher).to(device)
 
 
+def bench_distiller(cfg, teacher) -> Distiller:
+    """A :class:`Distiller` whose regression-pair pool (if any) holds one batch: a student step
+    draws ``batch_size`` pairs whatever the pool's size, so its work is unchanged, and the
+    pool (8192 x 35 teacher evaluations in ``digits``) is not drawn again for every timing."""
+    return Distiller(with_overrides(cfg, {"train.regression_pairs": cfg.train.batch_size}),
+                     teacher)
+
+
 def quality(args, cfg, teacher, device: torch.device) -> None:
     """Samples/s on latent set 0, and the domain FD (and Inception FID) of every model on each
     of ``--seed-sets`` latent sets (seeds 0, 1, ...), the same latents for every model. EDM's
@@ -79,8 +87,7 @@ def quality(args, cfg, teacher, device: torch.device) -> None:
     models = [("teacher (Heun, 35 NFE)", sampler(teacher.sample_from), 1)]
     for run in args.runs:
         run_cfg = from_dict(json.loads((Path(run) / CONFIG_FILE).read_text()))
-        # Sampling needs the weights only: skip drawing the regression pairs.
-        distiller = Distiller(with_overrides(run_cfg, {"train.regression_weight": 0.0}), teacher)
+        distiller = bench_distiller(run_cfg, teacher)
         state = torch.load(Path(run) / CHECKPOINT_DIR / CHECKPOINT_FILE, weights_only=True,
                            map_location=device)
         distiller.load_state_dict(state["distiller"])
@@ -117,7 +124,7 @@ def step_cost(cfg, teacher, device: torch.device, repeats: int) -> None:
     results = []
     for label, overrides in [("Di-Bregman (pearson)", {"generator.name": "pearson"}),
                              ("DMD (weight forced to 1)", {"train.force_unit_weight": True})]:
-        distiller = Distiller(with_overrides(cfg, overrides), teacher)
+        distiller = bench_distiller(with_overrides(cfg, overrides), teacher)
         seconds, _ = timed(distiller.student_step, device, repeats)
         results.append((label, seconds))
     print("\n| student step | ms | ratio to DMD |\n|---|---|---|")
@@ -138,7 +145,7 @@ def iteration_flops(cfg, teacher) -> int:
     """FLOPs of one distillation iteration (critic steps + a student step), counted eagerly."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    distiller = Distiller(with_overrides(cfg, {"compile": False}), teacher)
+    distiller = bench_distiller(with_overrides(cfg, {"compile": False}), teacher)
     counter = FlopCounterMode(display=False)
     with counter:
         distiller.step()
@@ -154,7 +161,7 @@ def mfu(cfg, teacher, device: torch.device, repeats: int, compile_: bool) -> Non
           "| s / iteration | achieved TFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|---|---|")
     for compiled in [False, True] if compile_ else [False]:
-        distiller = Distiller(with_overrides(cfg, {"compile": compiled}), teacher)
+        distiller = bench_distiller(with_overrides(cfg, {"compile": compiled}), teacher)
         distiller.step()  # warm-up: cuDNN autotuning, compilation
         seconds, _ = timed(distiller.step, device, repeats)
         params = sum(p.numel() for p in distiller.student.parameters())
