@@ -7,6 +7,7 @@ second multi-GB torch build for nothing.
 """
 
 import sys
+from pathlib import Path
 
 import nox
 
@@ -28,9 +29,11 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
-    """ruff over the packages, tests, benchmarks and this file."""
+    """ruff over the packages, tests, benchmarks and this file; then the import contracts of
+    pyproject.toml (layers, no import circles, an engine free of harness libraries)."""
     session.run(PYTHON, "-m", "ruff", "check", "dibregman", "bench", "tests", "benchmarks",
                 "noxfile.py")
+    session.run(str(Path(PYTHON).parent / "lint-imports"), "--no-cache")
 
 
 @nox.session(python=False)

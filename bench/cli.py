@@ -16,18 +16,15 @@ from rich.table import Table
 
 from bench.spec import SpecError, load_spec
 from dibregman.bregman import generator_names, get_generator, is_parametric
-from dibregman.config import (
-    Config,
-    ConfigError,
-    config_keys,
-    get_preset,
-    preset_names,
-    validate,
-    with_overrides,
-)
+from dibregman.config import Config, ConfigError, EvalConfig, config_keys, with_overrides
 from dibregman.data import dataset_names
+from dibregman.evaluate import curve_metrics
+from dibregman.presets import get_preset, preset_names
 from dibregman.ratio import estimator_names
+from dibregman.results import MetricSpec, Status
 from dibregman.run import run_experiment
+from dibregman.teachers import TeacherKind, teacher_entry, teacher_names
+from dibregman.validation import validate
 
 app = typer.Typer(
     help="Di-Bregman distillation benchmark: run, sweep, report.",
@@ -73,9 +70,17 @@ def build_config(
 
 
 class LiveProgress:
-    """A rich progress bar over generator steps with the latest diagnostics beside it."""
+    """A rich progress bar over generator steps with the latest diagnostics and the declared
+    curve metrics beside it.
 
-    def __init__(self, total: int, status: str = "") -> None:
+    Args:
+        total: generator steps.
+        curve: the run's curve metrics (:func:`dibregman.evaluate.curve_metrics`).
+        status: text shown until the first record arrives.
+    """
+
+    def __init__(self, total: int, curve: list[MetricSpec], status: str = "") -> None:
+        self.curve = curve
         self.progress = Progress(
             TextColumn("[bold]distilling"),
             BarColumn(),
@@ -90,8 +95,8 @@ class LiveProgress:
     def __call__(self, record: dict[str, Any], checkpoint: Path | None) -> None:
         shown = [("loss_dm", "dm"), ("ratio_accuracy", "acc"), ("weight_max", "w_max")]
         parts = [f"{label} {record[key]:.3g}" for key, label in shown if key in record]
-        parts += [f"{k.split('_n')[0]} {v:.3g}" for k, v in record.items()
-                  if k.startswith("fd_n")]
+        parts += [f"{spec.name} {record[spec.key]:.3g}" for spec in self.curve
+                  if spec.key in record]
         self.progress.update(self.task, completed=record["step"], status="  ".join(parts))
 
 
@@ -121,7 +126,7 @@ def run(
     run_dir = out or Path("runs") / f"{cfg.preset}-{cfg.generator.name}-s{cfg.seed}"
     pairs = cfg.train.regression_pairs if cfg.train.regression_weight > 0 else 0
     status = f"drawing {pairs} teacher ODE pairs (regression term)" if pairs else ""
-    live = LiveProgress(cfg.train.generator_steps, status)
+    live = LiveProgress(cfg.train.generator_steps, curve_metrics(cfg), status)
     try:
         with live.progress:
             result = run_experiment(cfg, run_dir, on_report=live)
@@ -157,7 +162,7 @@ def teacher(
 ) -> None:
     """Train (or resume training) an EDM image teacher by denoising score matching."""
     from dibregman.data import DataError
-    from dibregman.distill import resolve_device
+    from dibregman.device import resolve_device
     from dibregman.teachers.image import train_teacher
 
     overrides = {}
@@ -168,9 +173,11 @@ def teacher(
     try:
         cfg = with_overrides(get_preset(preset), {**parse_sets(set_ or []), **overrides})
         validate(cfg)
-        if cfg.teacher != "image":
-            raise ConfigError(f"preset {preset!r} has an analytic teacher; image presets: "
-                              f"{', '.join(p for p in preset_names() if not p.startswith('gmm'))}")
+        if teacher_entry(cfg.teacher).kind is not TeacherKind.IMAGE:
+            image_presets = [p for p in preset_names()
+                             if teacher_entry(get_preset(p).teacher).kind is TeacherKind.IMAGE]
+            raise ConfigError(f"preset {preset!r} has a {teacher_entry(cfg.teacher).kind} "
+                              f"teacher; image presets: {', '.join(image_presets)}")
     except ConfigError as err:
         raise fail(str(err)) from None
     steps = cfg.image_teacher.steps
@@ -247,7 +254,7 @@ def sweep(
     if summary.interrupted:
         err_console.print(f"interrupted: continue with `bench sweep {spec_path} --resume`")
         raise typer.Exit(code=130)
-    if summary.counts["failed"]:
+    if summary.counts[Status.FAILED]:
         raise typer.Exit(code=1)
 
 
@@ -310,12 +317,29 @@ def list_() -> None:
     console.print("[bold]ratio estimators:[/] " + ", ".join(estimator_names()))
     console.print("[bold]presets:[/] " + ", ".join(preset_names()))
     console.print("[bold]image datasets:[/] " + ", ".join(dataset_names()) + ", folder:PATH")
-    console.print(
-        "[bold]metrics[/] (N = sample count): mixtures: fd_nN, nll_nN, modes_covered_nN, "
-        "mode_tv_nN, off_mode_nN, precision_kK_nN, recall_kK_nN, mmd_nN; images: fd_cls_nN, "
-        "precision_cls_kK_nN, recall_cls_kK_nN, class_coverage_nN, fid_nN"
-    )
+    teachers = Table(title="Teachers (config key teacher; plugins via register_teacher or the "
+                           "dibregman.teachers entry-point group)")
+    for column in ("name", "kind", "evaluator", "source"):
+        teachers.add_column(column)
+    for name in teacher_names():
+        entry = teacher_entry(name)
+        teachers.add_row(name, str(entry.kind), entry.teacher_class.evaluator.__name__,
+                         entry.source)
+    console.print(teachers)
+    evaluators = {teacher_entry(name).teacher_class.evaluator for name in teacher_names()}
+    for evaluator in sorted(evaluators, key=lambda e: e.__name__):
+        console.print(metrics_table(evaluator.__name__, evaluator.metrics(EvalConfig())))
     console.print("[bold]config keys:[/] " + ", ".join(config_keys()))
+
+
+def metrics_table(title: str, specs: list[MetricSpec]) -> Table:
+    """The declared metrics of an evaluator (at the default sample counts) as a table."""
+    table = Table(title=f"{title} metrics (default eval.* sample counts; keys carry the count)")
+    for column in ("key", "label", "better", "role", "when"):
+        table.add_column(column)
+    for spec in specs:
+        table.add_row(spec.key, spec.label, str(spec.direction), str(spec.role), str(spec.stage))
+    return table
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ A spec::
       space: {generator.alpha: {uniform: [-1, 3]}, train.lr: {loguniform: [3.0e-4, 3.0e-3]}}
     scheduler: {type: asha, grace_period: 100, reduction_factor: 2}
     metric: fd_n2000               # a metric reported during training
-    mode: min
+    mode: min                      # optional: the metric's declared direction
     resources: {cpu: 1, gpu: 0}
     max_concurrent: 2
     time_budget_s: 900
@@ -40,16 +40,10 @@ from typing import Any
 
 import yaml
 
-from dibregman.config import (
-    Config,
-    ConfigError,
-    config_keys,
-    get_preset,
-    preset_names,
-    validate,
-    with_overrides,
-)
-from dibregman.evaluate import curve_metric_names
+from dibregman.config import Config, ConfigError, config_keys, with_overrides
+from dibregman.evaluate import curve_metrics
+from dibregman.presets import get_preset, preset_names
+from dibregman.validation import validate
 
 KEY_ALIASES = {"generator": "generator.name"}
 TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "seeds", "search", "scheduler", "metric",
@@ -223,15 +217,19 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     if search is not None:
         _check_search_bounds(base, search, fail)
 
-    curve_metrics = curve_metric_names(base)
+    declared = {spec.key: spec for spec in curve_metrics(base)}
     metric = data["metric"]
-    if metric not in curve_metrics:
+    if metric not in declared:
         raise fail("metric", f"{metric!r} is not reported during training; valid for preset "
                              f"{preset} (eval.n_curve={base.eval.n_curve}): "
-                             f"{', '.join(curve_metrics)}")
-    mode = data.get("mode", "min")
+                             f"{', '.join(declared)}")
+    direction = declared[metric].direction
+    mode = data.get("mode", direction.mode)
     if mode not in MODES:
         raise fail("mode", f"{mode!r}; valid: {', '.join(MODES)}")
+    if mode != direction.mode:
+        raise fail("mode", f"{mode!r} optimises {metric} the wrong way: {direction} is better "
+                           f"(mode: {direction.mode}, or leave mode out)")
 
     scheduler = _parse_scheduler(data.get("scheduler"), fail) if "scheduler" in data else None
     resources = _parse_resources(data.get("resources", {}), fail)

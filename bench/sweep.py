@@ -34,8 +34,10 @@ from rich.console import Console
 from bench.spec import Domain, SweepSpec, trial_name
 from bench.tracking import SweepTracker, open_store, resolve_tracking_uri, trial_run_dir
 from dibregman.config import from_dict, to_dict, with_overrides
-from dibregman.evaluate import curve_metric_names
+from dibregman.evaluate import curve_metrics
+from dibregman.results import Status
 from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_experiment
+from dibregman.teachers import TeacherKind, teacher_entry
 
 MAX_FAILURES = 2
 
@@ -51,7 +53,7 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
         experiment_path: the sweep's directory in storage (see :func:`trial_run_dir`).
     """
     cfg = with_overrides(from_dict(base), config["overrides"])
-    curve_metrics = curve_metric_names(cfg)
+    curve_keys = {spec.key for spec in curve_metrics(cfg)}
     run_dir = trial_run_dir(experiment_path, tune.get_context().get_trial_id())
     restored = tune.get_checkpoint()
     local = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
@@ -65,7 +67,7 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
 
     def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
         nonlocal reported_final
-        latest.update({k: v for k, v in record.items() if k in curve_metrics})
+        latest.update({k: v for k, v in record.items() if k in curve_keys})
         checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report({**latest, **record}, checkpoint=checkpoint)
         reported_final = bool(record.get("final"))
@@ -74,8 +76,7 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
     if not reported_final:  # the run had ended before this attempt: report its stored result
         for line in (run_dir / METRICS_FILE).read_text().splitlines():
             latest.update({k: v for k, v in json.loads(line).items() if k == metric})
-        report({"step": result.generator_steps, "run_time_s": result.wall_time_s,
-                "status": result.status, "final": True, **result.metrics}, None)
+        report(result.final_report(), None)
 
 
 def tune_domain(domain: Domain) -> Any:
@@ -114,7 +115,7 @@ class LiveView(Callback):
         self.spec = spec
         self.total = total
         self.console = console
-        self.ended: dict[str, str] = {}  # trial id -> finished / diverged / stopped / failed
+        self.ended: dict[str, Status] = {}  # trial id -> how it ended
         self.best: tuple[str, float] | None = None
         self.all_trials: list[Trial] | None = None
         self.started = False
@@ -130,7 +131,7 @@ class LiveView(Callback):
         self.started = False
         LiveView.active = self
 
-    def _end(self, trial: Trial, status: str) -> None:
+    def _end(self, trial: Trial, status: Status) -> None:
         self.ended[trial.trial_id] = status
         value = (trial.last_result or {}).get(self.spec.metric)
         if isinstance(value, float) and math.isfinite(value) and (
@@ -139,20 +140,22 @@ class LiveView(Callback):
             self.best = (str(trial), value)
 
     @staticmethod
-    def _status(trial: Trial) -> str:
+    def _status(trial: Trial) -> Status:
         last = trial.last_result or {}
-        return str(last.get("status")) if last.get("final") else "stopped"
+        return Status(last["status"]) if last.get("final") else Status.STOPPED
 
     def counts(self) -> dict[str, int]:
-        counts = {"finished": 0, "diverged": 0, "stopped": 0, "failed": 0}
+        """How many trials ended each way (every ending status, zeros included)."""
+        counts = {str(s): 0 for s in Status if s is not Status.RUNNING}
         for status in self.ended.values():
-            counts[status] += 1
+            counts[str(status)] += 1
         return counts
 
     def _line(self, trial: Trial, trials: list[Trial]) -> None:
         value = (trial.last_result or {}).get(self.spec.metric)
         shown = f"{self.spec.metric} {value:.4g}" if isinstance(value, float) else ""
-        counts = {**self.counts(), "running": sum(t.status == Trial.RUNNING for t in trials)}
+        counts = {**self.counts(),
+                  str(Status.RUNNING): sum(t.status == Trial.RUNNING for t in trials)}
         listed = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
         best = f"best {self.best[0]} {self.best[1]:.4g}" if self.best else ""
         self.console.print(f"[{len(self.ended)}/{self.total}] {trial} "
@@ -171,7 +174,7 @@ class LiveView(Callback):
         self._line(trial, trials)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):
-        self._end(trial, "failed")
+        self._end(trial, Status.FAILED)
         self._line(trial, trials)
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
@@ -194,11 +197,12 @@ def expanded_trials(spec: SweepSpec) -> list[str]:
 def prepare_teachers(spec: SweepSpec, console: Console) -> None:
     """Train every image teacher the sweep's trials need, once, before any trial starts (so
     parallel trials load one cached teacher instead of each training it)."""
-    from dibregman.distill import resolve_device
+    from dibregman.device import resolve_device
     from dibregman.teachers.image import TEACHER_FILE, teacher_dir, train_teacher
 
     configs = [with_overrides(spec.base_config(), t) for t in spec.trials()]
-    needed = {c.image_teacher: c.device for c in configs if c.teacher == "image"}
+    needed = {c.image_teacher: c.device for c in configs
+              if teacher_entry(c.teacher).kind is TeacherKind.IMAGE}
     for teacher_cfg, device in needed.items():
         if not (teacher_dir(teacher_cfg) / TEACHER_FILE).exists():
             console.print(f"training the {teacher_cfg.dataset} teacher "
@@ -307,7 +311,7 @@ def run_sweep(
     elapsed = time.perf_counter() - started
     out_of_time = spec.time_budget_s is not None and elapsed >= spec.time_budget_s
     interrupted = view.interrupted() and not out_of_time
-    tracker.close("KILLED" if interrupted else "FAILED" if counts["failed"] else "FINISHED")
+    tracker.close("KILLED" if interrupted else "FAILED" if counts[Status.FAILED] else "FINISHED")
     return SweepSummary(str(experiment_path), tracker.parent_run_id, uri, counts, view.best,
                         interrupted, elapsed)
 

@@ -29,6 +29,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from bench.spec import SweepSpec, trial_name
 from dibregman import __version__
 from dibregman.config import flatten, with_overrides
+from dibregman.evaluate import declared_metrics
+from dibregman.results import ELAPSED, Status, headline
 from dibregman.run import (
     CONFIG_FILE,
     FINAL_FILE,
@@ -157,6 +159,9 @@ class SweepTracker(Callback):
             parent = run.info.run_id
             client.log_text(parent, spec.path.read_text(), "spec.yaml")
             client.log_dict(parent, flatten(base), "base_config.json")
+            declared = declared_metrics(base)
+            client.log_dict(parent, [m.to_dict() for m in declared], "declared_metrics.json")
+            client.set_tag(parent, "sweep.headline", headline(declared).key)
         else:
             client.update_run(parent, status="RUNNING")
         return cls(client, spec, experiment_path, parent)
@@ -182,7 +187,7 @@ class SweepTracker(Callback):
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            history = self.client.get_metric_history(run_id, "wall_time_s")
+            history = self.client.get_metric_history(run_id, ELAPSED)
             self.logged_step[run_id] = max((m.step for m in history), default=-1)
             self.logged_keys[run_id] = set(found[0].data.metrics)
         else:
@@ -198,7 +203,7 @@ class SweepTracker(Callback):
                 "generator.alpha": str(cfg.generator.alpha),
                 "seed": str(cfg.seed),
                 "preset": cfg.preset,
-                "status": "running",
+                "status": str(Status.RUNNING),
                 "code.version": __version__,
                 "code.git_revision": git_revision(),
             }).info.run_id
@@ -220,10 +225,12 @@ class SweepTracker(Callback):
         metrics = _finite_metrics(result, step, int(time.time() * 1000))
         if result.get("final"):
             # The final metrics (names carry their sample counts), once, at the last step; the
-            # curve values repeated in the final report are logged already.
-            metrics = [m for m in metrics if m.key not in self.logged_keys[run_id]]
-            self.client.log_batch(run_id, metrics=metrics, tags=[
-                RunTag("status", str(result.get("status", "finished")))])
+            # curve values repeated in the final report are logged already. The elapsed time is
+            # logged again: at the same step with a later timestamp, it is the run's final value.
+            metrics = [m for m in metrics
+                       if m.key not in self.logged_keys[run_id] or m.key == ELAPSED]
+            self.client.log_batch(run_id, metrics=metrics,
+                                  tags=[RunTag("status", str(result["status"]))])
             return
         if step <= self.logged_step[run_id]:
             return  # logged before a restore
@@ -238,7 +245,7 @@ class SweepTracker(Callback):
         if not last.get("final"):
             # Stopped early by the scheduler or the time budget: a finished trial, not a run
             # that reached its last step.
-            self.client.set_tag(run_id, "status", "stopped")
+            self.client.set_tag(run_id, "status", str(Status.STOPPED))
         run_dir = trial_run_dir(self.experiment_path, trial.trial_id)
         self._backfill(run_id, run_dir / METRICS_FILE)
         for name in (CONFIG_FILE, PROVENANCE_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
@@ -255,7 +262,7 @@ class SweepTracker(Callback):
         """
         if not metrics_file.exists():
             return
-        logged = {m.step for m in self.client.get_metric_history(run_id, "wall_time_s")}
+        logged = {m.step for m in self.client.get_metric_history(run_id, ELAPSED)}
         now = int(time.time() * 1000)
         for line in metrics_file.read_text().splitlines():
             record = json.loads(line)
@@ -267,7 +274,7 @@ class SweepTracker(Callback):
         run_id = self._child(trial)
         if trial.error_file and Path(trial.error_file).exists():
             self.client.log_artifact(run_id, trial.error_file)
-        self.client.set_tag(run_id, "status", "failed")
+        self.client.set_tag(run_id, "status", str(Status.FAILED))
         self.client.set_terminated(run_id, "FAILED")
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from dibregman.config import from_dict, get_preset, with_overrides
+from dibregman.config import from_dict, with_overrides
 from dibregman.data import ImageDataset
-from dibregman.distill import Distiller, resolve_device
-from dibregman.evaluate import build_evaluator
+from dibregman.device import resolve_device
+from dibregman.distill import Distiller
+from dibregman.presets import get_preset
 from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE
 from dibregman.teachers import teacher_for
 from dibregman.teachers.image import ImageTeacher, build_denoiser
@@ -73,7 +74,7 @@ def quality(args, cfg, teacher, device: torch.device) -> None:
     """Samples/s on latent set 0, and the domain FD (and Inception FID) of every model on each
     of ``--seed-sets`` latent sets (seeds 0, 1, ...), the same latents for every model. EDM's
     protocol reports the minimum over three seed sets; the mean is printed beside it."""
-    evaluator = build_evaluator(teacher, cfg.eval)
+    evaluator = teacher.build_evaluator(cfg)
     n = args.n
     latent_sets = [torch.randn(n, *teacher.shape, generator=torch.Generator().manual_seed(seed))
                    .to(device) for seed in range(args.seed_sets)]

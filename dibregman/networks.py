@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dibregman.teachers.base import expand_sigma
+from dibregman.noise import expand_sigma
 
 
 def mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequential:
@@ -31,22 +31,22 @@ def mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-def init_parameters(module: nn.Module, generator: torch.Generator, zero_last: bool = False) -> None:
+def init_parameters(module: nn.Module, rng: torch.Generator, zero_last: bool = False) -> None:
     """Seeded re-initialisation of every ``nn.Linear`` and ``nn.Conv2d`` (PyTorch's scheme).
 
     The engine touches no global RNG: this replaces the default initialisation with the same
-    distribution drawn from ``generator``. ``zero_last`` zeroes the final layer so that a
+    distribution drawn from ``rng``. ``zero_last`` zeroes the final layer so that a
     preconditioned denoiser starts as ``c_skip x`` (the Gaussian optimum) and a ratio network
     starts at ``log r = 0``.
     """
     layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     with torch.no_grad():
         for layer in layers:
-            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=rng)
             if layer.bias is not None:
                 fan_in = layer.weight[0].numel()
                 bound = 1 / math.sqrt(fan_in)
-                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=rng)
         if zero_last:
             layers[-1].weight.zero_()
             if layers[-1].bias is not None:

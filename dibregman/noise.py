@@ -1,4 +1,5 @@
-"""Noise levels: EDM's Karras grid and the uniform-index draw used by distillation."""
+"""Noise levels: EDM's Karras grid, the uniform-index draw used by distillation, and the
+broadcast of per-sample levels over a batch."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def sample_sigmas(
     grid: Tensor,
     quantile_low: float,
     quantile_high: float,
-    generator: torch.Generator,
+    rng: torch.Generator,
 ) -> Tensor:
     """Draw ``(batch,)`` levels from ``grid``, the index uniform in ``[low, high]`` of its length.
 
@@ -35,5 +36,21 @@ def sample_sigmas(
     n = len(grid)
     low = int(round(quantile_low * (n - 1)))
     high = max(low, int(round(quantile_high * (n - 1))))
-    index = torch.randint(low, high + 1, (batch,), generator=generator, device=generator.device)
+    index = torch.randint(low, high + 1, (batch,), generator=rng, device=rng.device)
     return grid[index]
+
+
+def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """Broadcast a noise level to ``x``'s shape.
+
+    Args:
+        sigma: a scalar, or ``(B,)`` per-sample levels.
+        x: ``(B, *shape)``.
+
+    Returns:
+        ``(B, 1, ..., 1)`` (or a 0-d tensor for a scalar), same dtype and device as ``x``.
+    """
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if sigma.ndim == 0:
+        return sigma
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))

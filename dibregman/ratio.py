@@ -122,17 +122,17 @@ class RatioEstimator(nn.Module):
 
     @torch.no_grad()
     def weights(
-        self, generator: BregmanGenerator, x: Tensor, sigma: Tensor, update: bool = True
+        self, h: BregmanGenerator, x: Tensor, sigma: Tensor, update: bool = True
     ) -> tuple[Tensor, dict[str, float]]:
         """Per-sample Di-Bregman weights ``w = h''(r) r`` at noised student samples.
 
         Steps (all fp32): clamp ``log r``; per-bin self-normalisation ``r <- r * m_bin`` with
         ``m_bin`` the (EMA) mean of ``1/r`` over student samples in the bin, since
         ``E_q[1/r] = E_q[p/q] = 1``; clip ``r`` to ``[clip_min, min(clip_max, h's ratio_max)]``;
-        ``w = generator.weight(r)``; divide by the batch mean.
+        ``w = h.weight(r)``; divide by the batch mean.
 
         Args:
-            generator: the Bregman generator ``h``.
+            h: the Bregman generator.
             x: ``(B, d)`` noised student samples, the same ``x_s`` as the score difference.
             sigma: ``(B,)`` their noise levels.
             update: fold this batch into the per-bin EMA (False for pure evaluation).
@@ -148,9 +148,9 @@ class RatioEstimator(nn.Module):
             if update:
                 self._update_bins(bins, 1 / ratio)
             ratio = ratio * self.bin_mean_inv_ratio[bins]
-        upper = min(cfg.clip_max, generator.ratio_max)
+        upper = min(cfg.clip_max, h.ratio_max)
         clipped = ratio.clamp(cfg.clip_min, upper)
-        weight = generator.weight(clipped)
+        weight = h.weight(clipped)
         quantiles = torch.quantile(clipped, torch.tensor([0.05, 0.5, 0.95], device=ratio.device))
         diagnostics = {
             "weight_min": float(weight.min()),

@@ -2,14 +2,14 @@
 
 A run directory holds:
 
-* ``config.json``: the resolved config; ``provenance.json``: package versions, git revision
-  and the metric protocol;
+* ``config.json``: the resolved config; ``provenance.json``: package versions, git revision,
+  the metric protocol and the declared metrics (:mod:`dibregman.results`);
 * ``metrics.jsonl``: one JSON record every ``log_every`` generator steps (diagnostics, plus
   curve metrics every ``eval.every`` steps, step 0 included);
 * ``checkpoint/state.pt``: the latest resumable state (state_dicts only, loaded with
   ``weights_only=True``), written atomically every ``checkpoint_every`` steps;
-* ``final_metrics.json`` and ``samples.png`` once the run has ended (``finished`` or
-  ``diverged``).
+* ``final_metrics.json`` (:func:`dibregman.results.final_record`) and ``samples.png`` once the
+  run has ended (``finished`` or ``diverged``).
 
 Calling ``run_experiment`` again on the same directory resumes from the checkpoint, or returns
 the stored result of a run that has ended.
@@ -29,10 +29,14 @@ from typing import Any
 
 import torch
 
-from dibregman.config import Config, to_dict, validate
-from dibregman.distill import DIVERGED, FINISHED, Distiller, resolve_device
-from dibregman.evaluate import Evaluator, build_evaluator
+from dibregman.config import Config, to_dict
+from dibregman.device import resolve_device
+from dibregman.distill import Distiller
+from dibregman.evaluate import declared_metrics
+from dibregman.evaluators import Evaluator
+from dibregman.results import ELAPSED, Status, final_record
 from dibregman.teachers import Teacher, teacher_for
+from dibregman.validation import validate
 
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
@@ -43,8 +47,7 @@ CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 
 # on_report(record, checkpoint_dir): called for every logged record; ``checkpoint_dir`` is set
-# when a checkpoint was written at that step. The last call carries the final metrics and
-# ``status``.
+# when a checkpoint was written at that step. The last call is ``RunResult.final_report()``.
 ReportCallback = Callable[[dict[str, Any], Path | None], None]
 
 
@@ -60,11 +63,21 @@ class RunResult:
         run_dir: where the files are.
     """
 
-    status: str
+    status: Status
     metrics: dict[str, float]
     generator_steps: int
     wall_time_s: float
     run_dir: Path
+
+    def record(self) -> dict[str, Any]:
+        """The final record (``final_metrics.json``)."""
+        return final_record(self.status, self.metrics, self.generator_steps, self.wall_time_s)
+
+    def final_report(self) -> dict[str, Any]:
+        """The last ``on_report`` record: the final record flattened, metrics at top level,
+        at ``step = generator_steps``, marked ``final``."""
+        record = self.record()
+        return {"step": self.generator_steps, "final": True, **record.pop("metrics"), **record}
 
 
 def git_revision() -> str:
@@ -81,7 +94,8 @@ def git_revision() -> str:
 
 
 def provenance(cfg: Config, protocol: dict[str, Any]) -> dict[str, Any]:
-    """Versions, revision, device and the metric protocol stored beside every result."""
+    """Versions, revision, device, the metric protocol and the declared metrics stored beside
+    every result."""
     import numpy
 
     device = resolve_device(cfg.device)
@@ -96,6 +110,7 @@ def provenance(cfg: Config, protocol: dict[str, Any]) -> dict[str, Any]:
                             "n_final": cfg.eval.n_final,
                             "samples": f"EMA student, latents from "
                                        f"torch.Generator({cfg.eval.seed})"},
+        "metrics": [spec.to_dict() for spec in declared_metrics(cfg)],
     }
 
 
@@ -114,8 +129,8 @@ def _read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
 
 def _stored_result(run_dir: Path) -> RunResult:
     final = json.loads((run_dir / FINAL_FILE).read_text())
-    return RunResult(final["status"], final["metrics"], final["generator_steps"],
-                     final["wall_time_s"], run_dir)
+    return RunResult(Status(final["status"]), final["metrics"], final["generator_steps"],
+                     final[ELAPSED], run_dir)
 
 
 def run_experiment(
@@ -154,7 +169,7 @@ def run_experiment(
     try:
         # The teacher first: a dataset that cannot be loaded fails before anything is written.
         teacher = teacher_for(cfg, resolve_device(cfg.device))
-        evaluator = build_evaluator(teacher, cfg.eval)
+        evaluator = teacher.build_evaluator(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(config_path, to_dict(cfg))
         return _run(cfg, run_dir, teacher, evaluator, on_report)
@@ -172,7 +187,7 @@ def _run(cfg: Config, run_dir: Path, teacher: Teacher, evaluator: Evaluator,
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=True, map_location=distiller.device)
         distiller.load_state_dict(state["distiller"])
-        elapsed_before = state["wall_time_s"]
+        elapsed_before = state[ELAPSED]
     records = _read_records(run_dir / METRICS_FILE, distiller.generator_step)
     metrics_file = (run_dir / METRICS_FILE).open("w")
     for record in records:
@@ -184,14 +199,14 @@ def _run(cfg: Config, run_dir: Path, teacher: Teacher, evaluator: Evaluator,
         return elapsed_before + time.perf_counter() - started
 
     def log(record: dict[str, Any], checkpoint: bool) -> None:
-        record = {"step": distiller.generator_step, "wall_time_s": wall_time(), **record}
+        record = {"step": distiller.generator_step, ELAPSED: wall_time(), **record}
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         saved = None
         if checkpoint:
             checkpoint_path.parent.mkdir(exist_ok=True)
             tmp = checkpoint_path.with_suffix(".tmp")
-            torch.save({"distiller": distiller.state_dict(), "wall_time_s": wall_time()}, tmp)
+            torch.save({"distiller": distiller.state_dict(), ELAPSED: wall_time()}, tmp)
             os.replace(tmp, checkpoint_path)
             saved = checkpoint_path.parent
         if on_report is not None:
@@ -204,27 +219,24 @@ def _run(cfg: Config, run_dir: Path, teacher: Teacher, evaluator: Evaluator,
         if distiller.generator_step == 0 and not records:
             log({**distiller.warmup(), **evaluate()}, checkpoint=False)
         total = cfg.train.generator_steps
-        while distiller.generator_step < total and distiller.status != DIVERGED:
+        while distiller.generator_step < total and distiller.status is not Status.DIVERGED:
             record = distiller.step()
             step = distiller.generator_step
             if step % cfg.eval.every == 0 or step == total:
                 record.update(evaluate())
-            if step % cfg.log_every == 0 or step == total or distiller.status == DIVERGED:
+            if (step % cfg.log_every == 0 or step == total
+                    or distiller.status is Status.DIVERGED):
                 log(record, checkpoint=step % cfg.checkpoint_every == 0)
 
-        status = DIVERGED if distiller.status == DIVERGED else FINISHED
+        status = Status.DIVERGED if distiller.status is Status.DIVERGED else Status.FINISHED
         samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed)
-        metrics = evaluator.final(samples) if status == FINISHED else {}
+        metrics = evaluator.final(samples) if status is Status.FINISHED else {}
         title = f"{cfg.generator.name} seed {cfg.seed} · step {distiller.generator_step}"
         evaluator.plot(samples, run_dir / SAMPLES_FILE, title)
         result = RunResult(status, metrics, distiller.generator_step, wall_time(), run_dir)
-        _write_json(run_dir / FINAL_FILE, {
-            "status": result.status, "metrics": result.metrics,
-            "generator_steps": result.generator_steps, "wall_time_s": result.wall_time_s,
-        })
+        _write_json(run_dir / FINAL_FILE, result.record())
         if on_report is not None:
-            on_report({"step": result.generator_steps, "run_time_s": result.wall_time_s,
-                       "status": status, "final": True, **metrics}, None)
+            on_report(result.final_report(), None)
         return result
     finally:
         metrics_file.close()

@@ -10,12 +10,11 @@ from dibregman.config import (
     config_keys,
     flatten,
     from_dict,
-    get_preset,
-    preset_names,
     to_dict,
-    validate,
     with_overrides,
 )
+from dibregman.presets import get_preset, preset_names
+from dibregman.validation import validate
 
 
 def test_overrides_coerce_strings_by_field_type():

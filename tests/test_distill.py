@@ -3,14 +3,16 @@
 import pytest
 import torch
 
-from dibregman.config import get_preset, with_overrides
-from dibregman.distill import DIVERGED, RUNNING, Distiller
-from dibregman.teachers import build_teacher
+from dibregman.config import with_overrides
+from dibregman.distill import Distiller
+from dibregman.presets import get_preset
+from dibregman.results import Status
+from dibregman.teachers import teacher_for
 
 
 def distiller(steps: int = 4, **overrides) -> Distiller:
     cfg = with_overrides(get_preset("gmm2d-tiny"), overrides)
-    d = Distiller(cfg, build_teacher(cfg.teacher))
+    d = Distiller(cfg, teacher_for(cfg))
     d.warmup()
     for _ in range(steps):
         d.step()
@@ -58,9 +60,9 @@ def test_huge_learning_rate_ends_diverged_not_crashed():
     d = distiller(steps=0, **{"train.lr": 1e12, "train.max_nonfinite_steps": 3})
     for _ in range(200):
         d.step()
-        if d.status == DIVERGED:
+        if d.status is Status.DIVERGED:
             break
-    assert d.status == DIVERGED
+    assert d.status is Status.DIVERGED
     assert d.nonfinite_total >= 3
 
 
@@ -86,7 +88,7 @@ def test_ratio_weight_read_at_the_same_noised_samples_as_score_difference():
 def test_student_step_moves_samples_along_teacher_minus_fake():
     """With a fresh fake score the update direction is D_teacher - D_fake at x_s (DMD)."""
     d = distiller(steps=0, **{"train.lr": 1e-3})
-    assert d.status == RUNNING
+    assert d.status is Status.RUNNING
     record = d.step()
     assert record["loss_dm"] > 0 and record["grad_norm"] > 0
 
@@ -94,15 +96,13 @@ def test_student_step_moves_samples_along_teacher_minus_fake():
 @pytest.mark.parametrize("name", ["reverse_kl", "pearson", "forward_kl", "log_squared"])
 def test_distillation_lowers_frechet_distance(name):
     """A short real run on gmm2d: the EMA student's FD to the teacher falls several-fold."""
-    from dibregman.evaluate import MixtureEvaluator
-
     cfg = with_overrides(get_preset("gmm2d"), {
         "generator.name": name, "train.generator_steps": 120, "train.fake_warmup_steps": 100,
         "train.batch_size": 128, "net.hidden": 64, "train.ema_decay": 0.9,
     })
-    d = Distiller(cfg, build_teacher(cfg.teacher))
+    d = Distiller(cfg, teacher_for(cfg))
     d.warmup()
-    curve = MixtureEvaluator(d.teacher, cfg.eval).curve
+    curve = d.teacher.build_evaluator(cfg).curve
     before = curve(d.sample(2000, 7))["fd_n2000"]
     for _ in range(cfg.train.generator_steps):
         d.step()

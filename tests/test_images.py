@@ -7,13 +7,16 @@ import torch
 from typer.testing import CliRunner
 
 from bench.cli import app
-from dibregman.config import ImageTeacherConfig, get_preset, with_overrides
+from dibregman.config import ImageTeacherConfig, with_overrides
 from dibregman.distill import Distiller
+from dibregman.losses import dsm_loss
 from dibregman.networks import Denoiser, GroupNorm, UNet, ema_update, init_parameters
+from dibregman.noise import expand_sigma
+from dibregman.presets import get_preset
 from dibregman.run import run_experiment
 from dibregman.sampling import heun_sample
 from dibregman.teachers import teacher_for
-from dibregman.teachers.image import build_denoiser, dsm_loss, load_teacher, train_teacher
+from dibregman.teachers.image import build_denoiser, load_teacher, train_teacher
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,9 +73,10 @@ def test_teacher_training_lowers_the_dsm_loss(tmp_path):
     noise = torch.randn(x0.shape, generator=generator)
     untrained = build_denoiser(cfg, 1)
     init_parameters(untrained, torch.Generator().manual_seed(cfg.seed), zero_last=True)
+    noised = x0 + expand_sigma(sigma, x0) * noise
     with torch.no_grad():
-        before = dsm_loss(untrained, x0, sigma, noise, cfg.sigma_data)
-        after = dsm_loss(teacher.network, x0, sigma, noise, cfg.sigma_data)
+        before = dsm_loss(untrained(noised, sigma), x0, sigma, cfg.sigma_data)
+        after = dsm_loss(teacher.network(noised, sigma), x0, sigma, cfg.sigma_data)
     assert after < 0.8 * before, (float(before), float(after))
     losses = [json.loads(line)["loss"] for line in (directory / "log.jsonl").open()]
     assert len(losses) == 3 and not (directory / "state.pt").exists()

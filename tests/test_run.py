@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from dibregman.config import get_preset, to_dict, with_overrides
+from dibregman.config import to_dict, with_overrides
+from dibregman.presets import get_preset
 from dibregman.run import run_experiment
 
 

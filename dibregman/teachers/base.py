@@ -8,44 +8,71 @@ clean ``x``, and the score of the noised marginal follows from Tweedie's formula
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from dibregman.config import Config
+from dibregman.evaluators import Evaluator, VectorEvaluator
+from dibregman.noise import expand_sigma
+from dibregman.results import NamedEnum
 from dibregman.sampling import heun_sample
 
 
-def expand_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
-    """Broadcast a noise level to ``x``'s shape.
+class TeacherKind(NamedEnum):
+    """What a teacher's samples are, which decides the student's architecture.
 
-    Args:
-        sigma: a scalar, or ``(B,)`` per-sample levels.
-        x: ``(B, *shape)``.
-
-    Returns:
-        ``(B, 1, ..., 1)`` (or a 0-d tensor for a scalar), same dtype and device as ``x``.
+    ``vector``: ``(d,)`` samples; student, fake score and ratio network are MLPs trained from
+    scratch. ``image``: ``(C, H, W)`` samples from a teacher with a denoiser ``network``;
+    student and fake score start as copies of it (DMD2), the ratio network is a small CNN.
     """
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if sigma.ndim == 0:
-        return sigma
-    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+    VECTOR = "vector"
+    IMAGE = "image"
 
 
 class Teacher(ABC):
     """A frozen diffusion teacher.
 
+    A subclass says what it is in two class attributes: ``kind`` (a :class:`TeacherKind`) and
+    ``evaluator`` (the :class:`dibregman.evaluators.Evaluator` class that measures students of
+    it). Register it under a name with :func:`dibregman.teachers.register_teacher`, or from
+    another package through the ``dibregman.teachers`` entry-point group.
+
     Attributes:
+        kind: vector or image (class attribute).
+        evaluator: the evaluator class (class attribute).
+        network: the denoiser network students and fake scores start from (image teachers);
+            None for analytic teachers.
         sigma_min, sigma_max: the noise range the teacher is defined and trained on.
         sigma_data: the data's standard deviation (EDM preconditioning of students and critics).
         shape: the shape of one sample, e.g. ``(2,)`` or ``(1, 8, 8)``.
         sampler_steps: Heun steps of :meth:`sample_from` (18 = EDM's 35 evaluations).
     """
 
+    kind: ClassVar[TeacherKind] = TeacherKind.VECTOR
+    evaluator: ClassVar[type[Evaluator]] = VectorEvaluator
+    network: nn.Module | None = None
     sigma_min: float
     sigma_max: float
     sigma_data: float
     shape: tuple[int, ...]
     sampler_steps: int = 18
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> Teacher:
+        """The teacher a run config asks for, on ``device``. The default takes no arguments:
+        ``cls()``; a teacher that reads its own config section overrides this."""
+        return cls()
+
+    def to(self, device: str | torch.device) -> Teacher:
+        """Move to ``device`` (nothing to move by default); returns ``self``."""
+        return self
+
+    def build_evaluator(self, cfg: Config) -> Evaluator:
+        """An instance of :attr:`evaluator` for this teacher under ``cfg.eval``."""
+        return self.evaluator(self, cfg.eval)
 
     @abstractmethod
     def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
@@ -74,13 +101,13 @@ class Teacher(ABC):
                            self.sigma_max)
 
     @abstractmethod
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+    def sample(self, n: int, rng: torch.Generator) -> Tensor:
         """``n`` clean samples of the teacher's distribution, ``(n, *shape)``."""
 
-    def sample_data(self, n: int, generator: torch.Generator) -> Tensor:
+    def sample_data(self, n: int, rng: torch.Generator) -> Tensor:
         """``n`` samples of the data the teacher models, ``(n, *shape)``.
 
         An analytic teacher's distribution is its data, so by default this is :meth:`sample`;
         a trained teacher draws from its training set.
         """
-        return self.sample(n, generator)
+        return self.sample(n, rng)

@@ -22,19 +22,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dibregman.config import ImageTeacherConfig
+from dibregman.cache import cache_root
+from dibregman.config import Config, ImageTeacherConfig
 from dibregman.data import ImageDataset, load_dataset
+from dibregman.evaluators import ImageEvaluator
+from dibregman.losses import dsm_loss
 from dibregman.networks import Denoiser, UNet, ema_update, init_parameters
-from dibregman.teachers.base import Teacher, expand_sigma
+from dibregman.noise import expand_sigma
+from dibregman.teachers.base import Teacher, TeacherKind
 
 TEACHER_FILE = "teacher.pt"
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
-
-
-def cache_root() -> Path:
-    """``$DIBREGMAN_CACHE`` or ``~/.cache/dibregman``: teachers, classifiers, statistics."""
-    return Path(os.environ.get("DIBREGMAN_CACHE", Path.home() / ".cache" / "dibregman"))
 
 
 def teacher_key(cfg: ImageTeacherConfig) -> str:
@@ -69,6 +68,9 @@ class ImageTeacher(Teacher):
         cfg: its config.
     """
 
+    kind = TeacherKind.IMAGE
+    evaluator = ImageEvaluator
+
     def __init__(self, network: Denoiser, data: ImageDataset, cfg: ImageTeacherConfig) -> None:
         self.network = network.eval().requires_grad_(False)
         self.data = data
@@ -78,6 +80,11 @@ class ImageTeacher(Teacher):
         self.sigma_data = cfg.sigma_data
         self.sampler_steps = cfg.sampler_steps
         self.shape = tuple(data.images.shape[1:])
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> ImageTeacher:
+        """The cached teacher of ``cfg.image_teacher``, trained first if missing."""
+        return load_teacher(cfg.image_teacher, device=str(device))
 
     @property
     def device(self) -> torch.device:
@@ -93,26 +100,17 @@ class ImageTeacher(Teacher):
         return self.network(x, sigma)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        latents = torch.randn(n, *self.shape, generator=generator, device=generator.device)
+    def sample(self, n: int, rng: torch.Generator) -> Tensor:
+        latents = torch.randn(n, *self.shape, generator=rng, device=rng.device)
         return self.sample_from(latents)
 
     def sample_from(self, latents: Tensor) -> Tensor:
         """Heun samples from standard-normal ``latents: (B, *shape)`` on any device."""
         return super().sample_from(latents.to(self.device))
 
-    def sample_data(self, n: int, generator: torch.Generator) -> Tensor:
-        index = torch.randint(len(self.data.images), (n,), generator=generator,
-                              device=generator.device)
+    def sample_data(self, n: int, rng: torch.Generator) -> Tensor:
+        index = torch.randint(len(self.data.images), (n,), generator=rng, device=rng.device)
         return self.data.images[index.cpu()].to(self.device)
-
-
-def dsm_loss(network: Denoiser, x0: Tensor, sigma: Tensor, noise: Tensor,
-             sigma_data: float) -> Tensor:
-    """EDM's weighted denoising loss, mean over the batch and pixels."""
-    weight = (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    denoised = network(x0 + expand_sigma(sigma, x0) * noise, sigma)
-    return (expand_sigma(weight, x0) * (denoised - x0) ** 2).mean()
 
 
 def train_teacher(
@@ -156,7 +154,8 @@ def train_teacher(
             sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=rng,
                                                           device=device)).exp()
             noise = torch.randn(x0.shape, generator=rng, device=device)
-            loss = dsm_loss(network, x0, sigma, noise, cfg.sigma_data)
+            denoised = network(x0 + expand_sigma(sigma, x0) * noise, sigma)
+            loss = dsm_loss(denoised, x0, sigma, cfg.sigma_data)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -16,7 +16,9 @@ import math
 import torch
 from torch import Tensor
 
-from dibregman.teachers.base import Teacher, expand_sigma
+from dibregman.evaluators import MixtureEvaluator
+from dibregman.noise import expand_sigma
+from dibregman.teachers.base import Teacher
 
 
 class GaussianMixtureTeacher(Teacher):
@@ -28,6 +30,8 @@ class GaussianMixtureTeacher(Teacher):
         weights: ``(K,)`` mixture weights, positive, summing to 1.
         sigma_min, sigma_max: noise range used for distillation.
     """
+
+    evaluator = MixtureEvaluator
 
     def __init__(
         self,
@@ -81,9 +85,9 @@ class GaussianMixtureTeacher(Teacher):
         denoised = (gamma * (1 - shrink)) @ self.means + (gamma * shrink).sum(1, keepdim=True) * x64
         return denoised.to(x.dtype)
 
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        components = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.shape[0], generator=generator, dtype=torch.float64)
+    def sample(self, n: int, rng: torch.Generator) -> Tensor:
+        components = torch.multinomial(self.weights, n, replacement=True, generator=rng)
+        noise = torch.randn(n, self.shape[0], generator=rng, dtype=torch.float64)
         x = self.means[components] + self.stds[components, None] * noise
         return x.float()
 
@@ -121,8 +125,8 @@ def random_mixture(
     The positions come from a private ``torch.Generator(seed)``, so the teacher is the same on
     every machine. With ``n_modes = 10`` the smallest weight is about 2.2 %.
     """
-    generator = torch.Generator().manual_seed(seed)
-    means = scale * torch.randn(n_modes, dim, generator=generator, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(seed)
+    means = scale * torch.randn(n_modes, dim, generator=rng, dtype=torch.float64)
     raw = 0.75 ** torch.arange(n_modes, dtype=torch.float64)
     return GaussianMixtureTeacher(
         means,

@@ -1,0 +1,64 @@
+"""The evaluator seam: declared metrics, curve and final measurements, a picture."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dibregman.config import EvalConfig
+from dibregman.results import Direction, MetricSpec, Role, Stage
+
+
+def metric(name: str, label: str, n: int, direction: Direction,
+           role: Role = Role.DIAGNOSTIC, stage: Stage = Stage.FINAL,
+           key: str | None = None) -> MetricSpec:
+    """A :class:`MetricSpec` whose key is ``{name}_n{n}`` (or ``key``) and label ``label (n=N)``."""
+    return MetricSpec(key or f"{name}_n{n}", name, f"{label} (n={n})", n, direction, role, stage)
+
+
+class Evaluator(ABC):
+    """Measures student samples against one teacher.
+
+    Args:
+        teacher: the teacher (a :class:`dibregman.teachers.Teacher`).
+        cfg: sample counts, k-NN k, the evaluation seed.
+
+    Attributes:
+        protocol: how each metric is measured, stored in every run's provenance.
+    """
+
+    protocol: dict[str, Any]
+
+    def __init__(self, teacher: Any, cfg: EvalConfig) -> None:
+        self.teacher = teacher
+        self.cfg = cfg
+
+    @classmethod
+    @abstractmethod
+    def metrics(cls, cfg: EvalConfig) -> list[MetricSpec]:
+        """Every metric this evaluator reports under ``cfg``: the curve metrics (on
+        ``n_curve`` samples) and the final ones (on ``n_final``), exactly one final headline."""
+
+    @abstractmethod
+    def curve(self, samples: Tensor) -> dict[str, float]:
+        """The cheap metrics logged during training, keyed as declared (``Stage.CURVE``)."""
+
+    @abstractmethod
+    def final(self, samples: Tensor) -> dict[str, float]:
+        """Every final metric (``Stage.FINAL``); only the curve ones, NaN, when ``samples`` hold
+        a non-finite value."""
+
+    @abstractmethod
+    def plot(self, samples: Tensor, path: Path, title: str) -> Path:
+        """A picture of ``samples`` written to ``path`` (PNG); returns ``path``."""
+
+
+def nan_if_not_finite(samples: Tensor, keys: list[str]) -> dict[str, float] | None:
+    """``{key: nan}`` for every key if ``samples`` hold a non-finite value, else None."""
+    if torch.isfinite(samples).all():
+        return None
+    return {key: float("nan") for key in keys}

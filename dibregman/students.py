@@ -1,0 +1,75 @@
+"""The networks a distillation trains, built for a teacher: student, fake score, ratio network;
+and DMD's regression pairs drawn from the teacher's ODE."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+from dibregman.config import Config
+from dibregman.networks import (
+    ConvEncoder,
+    Denoiser,
+    DenoiserStudent,
+    MLPNet,
+    OneStepGenerator,
+    RatioNetwork,
+    init_parameters,
+)
+from dibregman.teachers import Teacher, TeacherKind
+
+
+def build_networks(
+    cfg: Config, teacher: Teacher, init_rng: torch.Generator
+) -> tuple[torch.nn.Module, Denoiser, RatioNetwork]:
+    """Student, fake score and ratio network for ``teacher``, by its kind.
+
+    Vector teachers (analytic mixtures have no network to copy): a residual MLP student, an
+    MLP fake score starting at ``c_skip x`` and an MLP ratio network, all seeded by
+    ``init_rng``. Image teachers (DMD2): student ``G(z) = D(sigma_init z, sigma_init)`` and fake
+    score both copied from the teacher's denoiser ``teacher.network``; the ratio network is a
+    separate small CNN (not a head on the fake score's bottleneck) so its updates never move
+    the fake score.
+    """
+    sd = teacher.sigma_data
+    if teacher.kind is TeacherKind.VECTOR:
+        dim, net = teacher.shape[0], cfg.net
+        student = OneStepGenerator(dim, net.hidden, net.depth, sd)
+        init_parameters(student, init_rng)
+        fake = Denoiser(MLPNet(dim, dim, net.hidden, net.depth), sd)
+        init_parameters(fake, init_rng, zero_last=True)
+        ratio_net = RatioNetwork(MLPNet(dim, 1, net.hidden, net.depth), sd)
+    else:
+        if teacher.network is None:
+            raise ValueError(f"{type(teacher).__name__} is an image teacher without a network "
+                             f"to start the student from")
+        student = DenoiserStudent(copy.deepcopy(teacher.network).requires_grad_(True),
+                                  cfg.train.sigma_init)
+        fake = copy.deepcopy(teacher.network).requires_grad_(True)
+        ratio_net = RatioNetwork(ConvEncoder(teacher.shape[0]), sd)
+    init_parameters(ratio_net, init_rng, zero_last=True)
+    return student.train(), fake.train(), ratio_net
+
+
+@torch.no_grad()
+def regression_pairs(
+    teacher: Teacher, n: int, rng: torch.Generator, device: torch.device,
+    batch_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """DMD's regression set: ``n`` latents and the teacher's ODE images of them.
+
+    Args:
+        teacher: the frozen teacher; ``y = teacher.sample_from(z)`` (35 evaluations each).
+        n: number of pairs.
+        rng: a CPU generator for the latents ``z ~ N(0, I)``.
+        device: where the pairs live.
+
+    Returns:
+        latents ``(n, *shape)`` and targets ``(n, *shape)``, both fp32 on ``device``.
+    """
+    latents = torch.randn(n, *teacher.shape, generator=rng).to(device)
+    targets = torch.cat([teacher.sample_from(chunk).float()
+                         for chunk in latents.split(batch_size)])
+    return latents, targets.to(device)

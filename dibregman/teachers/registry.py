@@ -1,0 +1,129 @@
+"""The teacher registry: names -> teacher classes and factories, open to plugins.
+
+Built-in: ``gmm2d`` and ``gmm16d`` (analytic Gaussian mixtures) and ``image`` (the EDM image
+teacher of ``cfg.image_teacher``). Add a teacher with :func:`register_teacher`, or ship it in
+your own package under the ``dibregman.teachers`` entry-point group, which every process
+(``bench run``, ``bench sweep`` and its Ray workers, a resumed run) reads on its first lookup::
+
+    # pyproject.toml of your package
+    [project.entry-points."dibregman.teachers"]
+    moons = "my_package.teachers:MoonsTeacher"   # a Teacher subclass
+
+The entry point's name is the teacher's name (``teacher = "moons"`` in a config); its object is
+a :class:`~dibregman.teachers.base.Teacher` subclass, built by its ``from_config(cfg, device)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+import torch
+
+from dibregman.config import Config
+from dibregman.teachers.base import Teacher, TeacherKind
+from dibregman.teachers.image import ImageTeacher
+from dibregman.teachers.mixture import GaussianMixtureTeacher, random_mixture, ring_mixture
+
+ENTRY_POINT_GROUP = "dibregman.teachers"
+
+TeacherFactory = Callable[[Config, torch.device], Teacher]
+
+
+@dataclass(frozen=True)
+class TeacherEntry:
+    """A registered teacher.
+
+    Attributes:
+        name: the config's ``teacher`` value.
+        teacher_class: what the factory returns; its ``kind`` and ``evaluator`` are known
+            before anything is built (for validation, sweep specs and reports).
+        factory: ``(cfg, device) -> Teacher``.
+        source: ``built-in``, ``register_teacher`` or the entry point's ``module:object``.
+    """
+
+    name: str
+    teacher_class: type[Teacher]
+    factory: TeacherFactory
+    source: str
+
+    @property
+    def kind(self) -> TeacherKind:
+        return self.teacher_class.kind
+
+
+_REGISTRY: dict[str, TeacherEntry] = {}
+_entry_points_loaded = False
+
+
+def register_teacher(name: str, teacher_class: type[Teacher],
+                     factory: TeacherFactory | None = None, *,
+                     source: str = "register_teacher") -> None:
+    """Make a teacher available under ``name`` in this process.
+
+    Args:
+        name: what configs write as ``teacher``.
+        teacher_class: a :class:`Teacher` subclass (its ``kind`` and ``evaluator`` declare what
+            it is).
+        factory: ``(cfg, device) -> Teacher``; default ``teacher_class.from_config``.
+
+    Raises:
+        ValueError: ``name`` is taken, or ``teacher_class`` is no ``Teacher`` subclass.
+    """
+    if not (isinstance(teacher_class, type) and issubclass(teacher_class, Teacher)):
+        raise ValueError(f"teacher {name!r}: {teacher_class!r} is not a Teacher subclass")
+    if name in _REGISTRY:
+        raise ValueError(f"teacher {name!r} is registered already "
+                         f"({_REGISTRY[name].source})")
+    _REGISTRY[name] = TeacherEntry(name, teacher_class, factory or teacher_class.from_config,
+                                   source)
+
+
+def _load_entry_points() -> None:
+    """Register every ``dibregman.teachers`` entry point of the installed packages, once."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name not in _REGISTRY:
+            register_teacher(point.name, point.load(), source=point.value)
+
+
+def teacher_names() -> list[str]:
+    """Sorted names of every registered teacher, plugins included."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def teacher_entry(name: str) -> TeacherEntry:
+    """The entry of ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
+    _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown teacher {name!r}; valid: {', '.join(teacher_names())}") \
+            from None
+
+
+def teacher_for(cfg: Config, device: str | torch.device = "cpu") -> Teacher:
+    """The teacher ``cfg.teacher`` names, built for ``cfg`` on ``device``.
+
+    Raises:
+        ValueError: unknown name, or a factory that returned something else than its
+            registered class.
+    """
+    entry = teacher_entry(cfg.teacher)
+    teacher = entry.factory(cfg, torch.device(device))
+    if not isinstance(teacher, entry.teacher_class):
+        raise ValueError(f"teacher {cfg.teacher!r}: the factory returned a "
+                         f"{type(teacher).__name__}, not a {entry.teacher_class.__name__}")
+    return teacher.to(device)
+
+
+register_teacher("gmm2d", GaussianMixtureTeacher, lambda cfg, device: ring_mixture(),
+                 source="built-in")
+register_teacher("gmm16d", GaussianMixtureTeacher, lambda cfg, device: random_mixture(),
+                 source="built-in")
+register_teacher("image", ImageTeacher, source="built-in")

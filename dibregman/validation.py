@@ -1,0 +1,109 @@
+"""Validation of a resolved config: registry names, choices, ranges, and keys that do not apply.
+
+This module sits above the registries (generators, ratio estimators, teachers, datasets), so it
+imports them at the top: the config schema (:mod:`dibregman.config`) stays a leaf that imports
+nothing of the package, and nothing imports in a circle.
+
+A key that does not apply to the chosen teacher's kind is an error rather than a silent no-op
+(a sweep over it would run identical trials): ``net.*`` for image teachers (their student and
+fake score are copies of the teacher's U-Net), ``image_teacher.*``, ``train.sigma_init`` and
+``eval.fid_n`` for vector teachers. Such keys must keep their schema defaults.
+"""
+
+from __future__ import annotations
+
+from dibregman.bregman import get_generator
+from dibregman.config import Config, ConfigError, flatten
+from dibregman.data import dataset_names
+from dibregman.ratio import estimator_names
+from dibregman.teachers import TeacherKind, teacher_entry, teacher_names
+
+# Keys (or key prefixes ending in ".") that do not apply to a teacher kind, and why.
+NOT_APPLICABLE: dict[TeacherKind, dict[str, str]] = {
+    TeacherKind.VECTOR: {
+        "image_teacher.": "the teacher is analytic, not a trained image network",
+        "train.sigma_init": "vector students are MLPs, not G(z) = D(sigma_init z, sigma_init)",
+        "eval.fid_n": "Inception FID measures images",
+    },
+    TeacherKind.IMAGE: {
+        "net.": "image students and fake scores are copies of the teacher's U-Net",
+    },
+}
+
+
+def check_applicable(cfg: Config, kind: TeacherKind) -> None:
+    """Every key that does not apply to ``kind`` must hold its schema default.
+
+    Raises:
+        ConfigError: naming the key, its value, the teacher and the reason.
+    """
+    defaults = flatten(Config())
+    for key, value in flatten(cfg).items():
+        for pattern, reason in NOT_APPLICABLE[kind].items():
+            matches = key.startswith(pattern) if pattern.endswith(".") else key == pattern
+            if matches and value != defaults[key]:
+                raise ConfigError(f"{key}={value!r} does not apply to teacher {cfg.teacher!r} "
+                                  f"({kind} teacher: {reason}); leave it at "
+                                  f"{defaults[key]!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Check registry names, choices, ranges and applicability; raise :class:`ConfigError`."""
+    try:
+        get_generator(cfg.generator.name, cfg.generator.alpha)
+    except ValueError as err:
+        raise ConfigError(f"generator.name / generator.alpha: {err}") from None
+    if cfg.ratio.estimator not in estimator_names():
+        raise ConfigError(f"unknown ratio.estimator {cfg.ratio.estimator!r}; "
+                          f"valid: {', '.join(estimator_names())}")
+    if cfg.teacher not in teacher_names():
+        raise ConfigError(f"unknown teacher {cfg.teacher!r}; valid: {', '.join(teacher_names())}")
+    kind = teacher_entry(cfg.teacher).kind
+    choices = [("ratio.teacher_side", cfg.ratio.teacher_side, ("data", "teacher")),
+               ("device", cfg.device, ("auto", "cpu", "cuda")),
+               ("precision", cfg.precision, ("bf16", "fp32"))]
+    for key, value, valid in choices:
+        if value not in valid:
+            raise ConfigError(f"bad {key} {value!r}; valid: {', '.join(valid)}")
+    if kind is TeacherKind.IMAGE:
+        dataset = cfg.image_teacher.dataset
+        if dataset not in dataset_names() and not dataset.startswith("folder:"):
+            raise ConfigError(f"unknown image_teacher.dataset {dataset!r}; valid: "
+                              f"{', '.join(dataset_names())}, folder:PATH")
+    check_applicable(cfg, kind)
+    for ok, message in _range_checks(cfg):
+        if not ok:
+            raise ConfigError(message)
+
+
+def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """``(holds, message)`` for every single- and cross-field range rule."""
+    train, ratio, ev = cfg.train, cfg.ratio, cfg.eval
+    return [
+        (train.generator_steps >= 1, "train.generator_steps must be >= 1"),
+        (train.critic_steps_per_generator_step >= 1,
+         "train.critic_steps_per_generator_step must be >= 1"),
+        (train.fake_warmup_steps >= 0, "train.fake_warmup_steps must be >= 0"),
+        (train.batch_size >= 2, "train.batch_size must be >= 2"),
+        (train.lr > 0, "train.lr must be > 0"),
+        (train.fake_lr_scale > 0, "train.fake_lr_scale must be > 0"),
+        (0 <= train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (train.gan_weight >= 0, "train.gan_weight must be >= 0"),
+        (train.regression_weight >= 0, "train.regression_weight must be >= 0"),
+        (train.regression_pairs >= 1, "train.regression_pairs must be >= 1"),
+        (0 < train.sigma_min < train.sigma_max, "need 0 < train.sigma_min < train.sigma_max"),
+        (0 <= train.sigma_quantile_low < train.sigma_quantile_high <= 1,
+         "need 0 <= train.sigma_quantile_low < train.sigma_quantile_high <= 1"),
+        (train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
+        (0 < ratio.clip_min < ratio.clip_max, "need 0 < ratio.clip_min < ratio.clip_max"),
+        (ratio.log_ratio_clamp > 0, "ratio.log_ratio_clamp must be > 0"),
+        (ratio.noise_bins >= 1, "ratio.noise_bins must be >= 1"),
+        (0 <= ratio.bin_ema < 1, "ratio.bin_ema must be in [0, 1)"),
+        (cfg.net.hidden >= 1 and cfg.net.depth >= 1, "net.hidden and net.depth must be >= 1"),
+        (ev.every >= 1 and cfg.log_every >= 1 and cfg.checkpoint_every >= 1,
+         "eval.every, log_every and checkpoint_every must be >= 1"),
+        (min(ev.n_curve, ev.n_final, ev.n_pr, ev.n_mmd) >= 16,
+         "eval sample counts must be >= 16"),
+        (ev.pr_k >= 1, "eval.pr_k must be >= 1"),
+        (cfg.num_threads >= 0, "num_threads must be >= 0"),
+    ]
