@@ -1,0 +1,59 @@
+"""``bench report``: a sweep's runs from MLflow -> tables, charts and pages in ``reports/<sweep>/``.
+
+The sweep is read back from MLflow (:mod:`bench.report.reading`), summarised over seeds
+(:mod:`bench.report.tables`), drawn (:mod:`bench.report.charts`) and written out as pages
+(:mod:`bench.report.pages`); :func:`build_report` runs those steps in order.
+
+Files written: ``README.md`` (renders on GitHub), ``index.html`` (self-contained, images
+embedded), ``summary.csv`` (per generator and metric: mean, std, n), ``results.csv`` (one row per
+run and metric), ``provenance.json``, and each chart as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.report.charts import draw_charts
+from bench.report.pages import FORMATS, write_html, write_markdown, write_provenance
+from bench.report.reading import ReportError, find_parent, load_sweep
+from bench.report.tables import comparison_table, order_labels, ranking, summarise, write_csvs
+from bench.tracking import open_store, resolve_tracking_uri
+
+__all__ = ["FORMATS", "ReportError", "build_report"]
+
+
+def build_report(sweep: str | None = None, tracking_uri: str | None = None,
+                 out: str | Path | None = None, formats: tuple[str, ...] = FORMATS) -> Path:
+    """Read a sweep from MLflow and write its report; returns the report directory.
+
+    Args:
+        sweep: sweep name (None: the most recent sweep in the store).
+        tracking_uri: MLflow store (None: as ``bench sweep`` resolves it).
+        out: output directory (None: ``reports/<sweep>``).
+        formats: pages to write, from ``md`` and ``html``.
+
+    Raises:
+        ReportError: unknown or empty sweep, or an unknown format.
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ReportError(f"unknown format {bad[0]!r}; valid: {', '.join(FORMATS)}")
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ReportError(f"no MLflow store at {uri}; run `bench sweep` first or pass "
+                          f"--tracking-uri")
+    client = open_store(uri)
+    data = load_sweep(client, find_parent(client, sweep), uri)
+    out = Path(out) if out else Path("reports") / data.name
+    out.mkdir(parents=True, exist_ok=True)
+
+    summary = summarise(data)
+    charts = draw_charts(data, summary, order_labels(data, summary), client, out)
+    write_csvs(data, summary, out)
+    prov = write_provenance(data, client, out)
+    table, notes = comparison_table(data, summary), ranking(data, summary)
+    if "md" in formats:
+        write_markdown(data, table, notes, charts, prov, out)
+    if "html" in formats:
+        write_html(data, table, notes, charts, prov, out)
+    return out

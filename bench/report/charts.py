@@ -1,0 +1,205 @@
+"""The report's charts (matplotlib, Agg backend), each saved as PNG and SVG, and their captions.
+
+Every ``chart_*`` function draws one figure into the report directory and returns the PNG's
+file name; :func:`draw_charts` draws all of a sweep's charts.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from bench.report.reading import SweepData  # noqa: E402
+from bench.report.tables import REFERENCE  # noqa: E402
+
+CHART_CAPTIONS = {
+    "curves": "FD to the teacher over training",
+    "final_fd": "Final FD per generator",
+    "tradeoffs": "Trade-offs: precision vs recall, quality vs cost",
+    "weights": "Weight and ratio diagnostics",
+    "samples": "Samples per generator",
+    "alpha": "Search: FD against α",
+}
+
+
+def _colours(labels: list[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab20")
+    return {label: cmap(i % 20) for i, label in enumerate(labels)}
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> str:
+    fig.tight_layout()
+    for suffix in ("png", "svg"):
+        fig.savefig(out / f"{name}.{suffix}", dpi=120)
+    plt.close(fig)
+    return f"{name}.png"
+
+
+def chart_curves(data: SweepData, labels: list[str], out: Path) -> str:
+    """The curve metric over generator steps: median over seeds, min-max band."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colours = _colours(labels)
+    curves = data.histories[data.histories.key == data.curve_key]
+    for label in labels:
+        table = curves[curves.label == label].pivot_table(index="step", columns="seed",
+                                                          values="value")
+        if table.empty:
+            continue
+        ax.plot(table.index, table.median(axis=1), color=colours[label], label=label, lw=1.4,
+                ls="-" if label == REFERENCE else "--" if "α" in label else "-")
+        ax.fill_between(table.index, table.min(axis=1), table.max(axis=1),
+                        color=colours[label], alpha=0.12, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("generator step")
+    ax.set_ylabel(f"{data.curve_key} (median over seeds, band min–max)")
+    ax.set_title("Fréchet distance to the teacher during distillation")
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    return _save(fig, out, "curves")
+
+
+def chart_final(data: SweepData, summary: pd.DataFrame, labels: list[str], out: Path) -> str:
+    """Final FD per generator, mean ± std over seeds, seeds as dots."""
+    key = data.columns[0].key
+    stats = summary[summary.metric == key].set_index("label")
+    shown = [label for label in labels if label in stats.index]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.5))
+    y = np.arange(len(shown))
+    means = stats.loc[shown, "mean"].to_numpy()
+    stds = np.nan_to_num(stats.loc[shown, "std"].to_numpy())
+    colours = ["tab:red" if label == REFERENCE else "tab:blue" for label in shown]
+    ax.barh(y, means, xerr=stds, color=colours, alpha=0.6, capsize=3)
+    finished = data.runs[data.runs.status == "finished"]
+    for i, label in enumerate(shown):
+        values = finished[finished.label == label][key]
+        ax.scatter(values, np.full(len(values), i), color="k", s=8, zorder=3)
+    ax.set_yticks(y, shown, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{data.columns[0].name}: mean ± std over seeds (dots: seeds)")
+    ax.set_title("Final Fréchet distance (lower is better; red: reverse KL = DMD)")
+    return _save(fig, out, "final_fd")
+
+
+def chart_tradeoffs(data: SweepData, summary: pd.DataFrame, labels: list[str], out: Path) -> str:
+    """Precision vs recall, and FD vs run time, one point per generator (mean ± std)."""
+    stats = summary.set_index(["label", "metric"])
+    colours = _colours(labels)
+    role = {c.role: c for c in data.columns}
+    fd, precision, recall, time_ = role["fd"], role["precision"], role["recall"], role["time"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, (x, y) in zip(axes, [(recall, precision), (time_, fd)], strict=True):
+        for label in labels:
+            if (label, x.key) not in stats.index:
+                continue
+            ax.errorbar(stats["mean"][(label, x.key)], stats["mean"][(label, y.key)],
+                        xerr=np.nan_to_num(stats["std"][(label, x.key)]),
+                        yerr=np.nan_to_num(stats["std"][(label, y.key)]),
+                        fmt="o", color=colours[label], label=label, capsize=2, ms=5)
+        ax.set_xlabel(x.name)
+        ax.set_ylabel(y.name)
+    axes[0].set_title("Mode seeking vs covering: precision against recall")
+    axes[1].set_title("Quality against cost")
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize=7, ncol=2)
+    return _save(fig, out, "tradeoffs")
+
+
+def chart_weights(data: SweepData, labels: list[str], out: Path) -> str:
+    """Weight and ratio diagnostics over training (median over seeds)."""
+    panels = [("weight_max", "max w / mean w", "weight_mean"),
+              ("weight_min", "min w / mean w", "weight_mean"),
+              ("ratio_q95", "r, 95th percentile", None),
+              ("ratio_q05", "r, 5th percentile", None)]
+    colours = _colours(labels)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    hist = data.histories
+    for ax, (key, title, divide_by) in zip(axes.ravel(), panels, strict=True):
+        for label in labels:
+            part = hist[(hist.label == label) & (hist.key == key)]
+            if part.empty:
+                continue
+            table = part.pivot_table(index="step", columns="seed", values="value")
+            if divide_by:
+                denominator = hist[(hist.label == label) & (hist.key == divide_by)].pivot_table(
+                    index="step", columns="seed", values="value")
+                table = table / denominator
+            ax.plot(table.index, table.median(axis=1), color=colours[label], label=label, lw=1.2)
+        ax.set_title(title, fontsize=10)
+        ax.set_yscale("log")
+    for ax in axes[1]:
+        ax.set_xlabel("generator step")
+    axes[0, 0].legend(fontsize=6, ncol=2)
+    fig.suptitle("Di-Bregman weights w = h''(r) r before batch normalisation, and the ratio r")
+    return _save(fig, out, "weights")
+
+
+def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out: Path) -> str:
+    """Each generator's samples picture (its lowest seed): scatter over the teacher's density
+    for mixture teachers, a sample grid for image teachers."""
+    pictures = []
+    with tempfile.TemporaryDirectory() as downloads:
+        for label in labels:
+            runs = data.runs[data.runs.label == label].sort_values("seed")
+            for row in runs.itertuples():
+                try:
+                    path = client.download_artifacts(row.run_id, "samples.png", downloads)
+                except Exception:  # noqa: BLE001 - a run without its picture is skipped
+                    continue
+                pictures.append((f"{label} (seed {row.seed}, {row.status})", plt.imread(path)))
+                break
+    columns = min(5, max(1, len(pictures)))
+    rows = max(1, math.ceil(len(pictures) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.1 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, image) in zip(axes.ravel(), pictures, strict=False):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle("Student samples (one seed per generator)")
+    return _save(fig, out, "samples")
+
+
+def chart_search(data: SweepData, out: Path) -> str:
+    """A search sweep's final FD against the sampled alpha (colour: learning rate)."""
+    finished = data.runs[data.runs.status == "finished"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    points = ax.scatter(finished.alpha, finished[data.columns[0].key], c=np.log10(finished.lr),
+                        cmap="viridis", s=40)
+    fig.colorbar(points, label="log10 learning rate")
+    ax.set_yscale("log")
+    ax.set_xlabel("α (Amari α-divergence generator)")
+    ax.set_ylabel(data.columns[0].name)
+    ax.set_title("Search: final FD against α")
+    return _save(fig, out, "alpha")
+
+
+def draw_charts(data: SweepData, summary: pd.DataFrame, labels: list[str], client: MlflowClient,
+                out: Path) -> list[str]:
+    """Every chart of the sweep into ``out`` (the alpha chart only for a search sweep).
+
+    Args:
+        data: the sweep.
+        summary: its per-label summary (:func:`bench.report.tables.summarise`).
+        labels: the labels in display order (:func:`bench.report.tables.order_labels`).
+        client: the MLflow client, for the runs' samples pictures.
+        out: the report directory.
+
+    Returns:
+        The charts' PNG file names, in page order.
+    """
+    charts = [chart_curves(data, labels, out), chart_final(data, summary, labels, out),
+              chart_tradeoffs(data, summary, labels, out), chart_weights(data, labels, out),
+              chart_samples(data, client, labels, out)]
+    if data.is_search:
+        charts.append(chart_search(data, out))
+    return charts

@@ -1,0 +1,134 @@
+"""The report's pages and provenance: ``README.md`` (renders on GitHub), ``index.html``
+(self-contained, images embedded) and ``provenance.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from bench.report.charts import CHART_CAPTIONS
+from bench.report.reading import SweepData
+from bench.report.tables import Table, html_table, markdown_table
+from bench.tracking import EXPERIMENT_PATH_TAG
+from dibregman.run import PROVENANCE_FILE, git_revision
+
+FORMATS = ("md", "html")
+PACKAGES = ("dibregman", "torch", "ray", "mlflow", "optuna", "pandas", "matplotlib", "clean-fid",
+            "numpy")
+
+
+def provenance(data: SweepData, client: MlflowClient) -> dict[str, Any]:
+    """Where the report's numbers come from: the sweep's spec, runs, store, code revisions,
+    package versions and metric protocol (from the first run's provenance file)."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    tags = data.parent.data.tags
+    first = client.get_run(data.runs.run_id.iloc[0]).data.params
+    spec_text = Path(client.download_artifacts(data.parent.info.run_id, "spec.yaml")).read_text()
+    run_provenance = client.download_artifacts(data.runs.run_id.iloc[0], PROVENANCE_FILE)
+    run_protocol = json.loads(Path(run_provenance).read_text())["metric_protocol"]
+    return {
+        "sweep": data.name,
+        "spec_hash": tags.get("sweep.spec_hash"),
+        "spec_path": tags.get("sweep.spec_path"),
+        "spec": spec_text,
+        "parent_run_id": data.parent.info.run_id,
+        "ray_experiment": tags.get(EXPERIMENT_PATH_TAG),
+        "tracking_uri": data.tracking_uri,
+        "sweep_git_revision": tags.get("code.git_revision"),
+        "report_git_revision": git_revision(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "metric_protocol": {**run_protocol,
+                            "curve": f"{data.curve_key} every {first['eval.every']} generator "
+                                     f"steps"},
+        "runs": int(len(data.runs)),
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_provenance(data: SweepData, client: MlflowClient, out: Path) -> dict[str, Any]:
+    """Write ``provenance.json`` into ``out``; returns the :func:`provenance` written."""
+    prov = provenance(data, client)
+    (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+    return prov
+
+
+def _intro(data: SweepData, prov: dict[str, Any]) -> str:
+    """The pages' opening paragraph: the sweep, its runs by status, and how to read the table."""
+    counts = data.runs.status.value_counts().to_dict()
+    return (f"Sweep `{data.name}` (spec `{prov['spec_path']}`, hash `{prov['spec_hash']}`): "
+            f"{len(data.runs)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
+            f"preset `{data.parent.data.tags.get('sweep.preset')}`. "
+            f"Each cell is the mean ± std over seeds of the finished runs; **bold** is the best "
+            f"of its column. FD / reverse_kl is the ratio of mean FDs, starred (*) when the gap "
+            f"exceeds the two seed spreads added.")
+
+
+def write_markdown(data: SweepData, table: Table, notes: list[str], charts: list[str],
+                   prov: dict[str, Any], out: Path) -> None:
+    """Write ``README.md`` into ``out``: intro, table, ranking, charts, provenance links.
+
+    Args:
+        data: the sweep.
+        table: header, rows and best-in-column mask
+            (:func:`bench.report.tables.comparison_table`).
+        notes: the ranking lines (:func:`bench.report.tables.ranking`).
+        charts: the charts' PNG file names in ``out``, in page order.
+        prov: the sweep's :func:`provenance`.
+        out: the report directory.
+    """
+    parts = [f"# Report: {data.name}", _intro(data, prov), markdown_table(*table),
+             "## Ranking", "\n".join(f"- {line}" for line in notes)]
+    parts += [f"## {CHART_CAPTIONS[c[:-4]]}\n\n![{CHART_CAPTIONS[c[:-4]]}]({c})"
+              for c in charts]
+    parts.append(f"Provenance: [provenance.json](provenance.json) · per-run numbers: "
+                 f"[results.csv](results.csv) · summary: [summary.csv](summary.csv) · "
+                 f"built {prov['built_at']} from `{prov['tracking_uri']}`.")
+    (out / "README.md").write_text("\n\n".join(parts) + "\n")
+
+
+def write_html(data: SweepData, table: Table, notes: list[str], charts: list[str],
+               prov: dict[str, Any], out: Path) -> None:
+    """Write ``index.html`` into ``out``: the Markdown page's content with the charts embedded
+    as base64 PNGs and the provenance inline.
+
+    Args:
+        data: the sweep.
+        table: header, rows and best-in-column mask
+            (:func:`bench.report.tables.comparison_table`).
+        notes: the ranking lines (:func:`bench.report.tables.ranking`).
+        charts: the charts' PNG file names in ``out``, in page order.
+        prov: the sweep's :func:`provenance`.
+        out: the report directory.
+    """
+    images = "".join(
+        f"<h2>{CHART_CAPTIONS[c[:-4]]}</h2><img alt='{CHART_CAPTIONS[c[:-4]]}' "
+        f"src='data:image/png;base64,{base64.b64encode((out / c).read_bytes()).decode()}'>"
+        for c in charts)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Report: {html.escape(data.name)}</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+        "padding:3px 6px;text-align:right}td:first-child{text-align:left}"
+        ".best{font-weight:bold;background:#e6f4ea}img{max-width:100%}</style></head><body>"
+        f"<h1>Report: {html.escape(data.name)}</h1><p>{html.escape(_intro(data, prov))}</p>"
+        f"{html_table(*table)}<h2>Ranking</h2><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in notes)
+        + f"</ul>{images}<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}"
+        "</pre></body></html>")
+    (out / "index.html").write_text(page)

@@ -1,0 +1,165 @@
+"""Reading a sweep back from MLflow: its parent run, its child runs and their metric histories.
+
+The sweep's child runs are read with ``MlflowClient.search_runs`` (through
+``bench.tracking.child_runs``) and their metric histories with
+``MlflowClient.get_metric_history`` into tidy pandas frames (:class:`SweepData`). Which metrics
+become the report's columns is declared in one place, :func:`columns_for`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from bench.tracking import PARENT_TAG, child_runs
+
+# Artifact downloads in the report (samples pictures, spec, provenance) are single small files:
+# no progress bar per file. Set here, on the first import of the package, before any download.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from dibregman.bregman import is_parametric  # noqa: E402
+
+
+class ReportError(ValueError):
+    """No such sweep, or nothing to report; the message lists the sweeps in the store."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: display name, MLflow metric key, which direction is better, and its role
+    in the charts (``fd``, ``precision``, ``recall``, ``time``, or ``""``)."""
+
+    name: str
+    key: str
+    better: str  # "min" or "max"
+    role: str = ""
+
+
+@dataclass
+class SweepData:
+    """A sweep read back from MLflow.
+
+    Attributes:
+        name: sweep name; parent: the parent run; runs: one row per child run (label,
+        generator, alpha, seed, status, final metrics); histories: tidy (run_id, label, seed,
+        key, step, value); columns: the quality and cost columns; curve_key: the metric logged
+        over training; tracking_uri: the store.
+    """
+
+    name: str
+    parent: Any
+    runs: pd.DataFrame
+    histories: pd.DataFrame
+    columns: list[Column]
+    curve_key: str
+    tracking_uri: str
+
+    @property
+    def is_search(self) -> bool:
+        return self.parent.data.tags.get("sweep.kind") == "search"
+
+
+def sweep_parents(client: MlflowClient) -> list[Any]:
+    """Every sweep parent run in the store, newest first."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    return client.search_runs(experiments, f"tags.`{PARENT_TAG}` = 'true'",
+                              order_by=["attributes.start_time DESC"], max_results=10_000)
+
+
+def find_parent(client: MlflowClient, sweep: str | None) -> Any:
+    """The newest parent run of ``sweep`` (of any sweep when None) that has child runs."""
+    parents = sweep_parents(client)
+    names = sorted({p.data.tags.get("sweep.name", "") for p in parents})
+    listing = f"sweeps in the store: {', '.join(names)}" if names else "the store has no sweeps"
+    matching = [p for p in parents if sweep is None or p.data.tags.get("sweep.name") == sweep]
+    if not matching:
+        raise ReportError(f"no sweep named {sweep!r}; {listing}")
+    for parent in matching:
+        if child_runs(client, parent):
+            return parent
+    raise ReportError(f"sweep {sweep or matching[0].data.tags.get('sweep.name')!r} has no "
+                      f"trials yet; {listing}")
+
+
+def generator_label(generator: str, alpha: str | float) -> str:
+    """``pearson``; ``alpha α=0.5`` for the parametric families."""
+    return f"{generator} α={float(alpha):g}" if is_parametric(generator) else generator
+
+
+def columns_for(params: dict[str, str]) -> tuple[list[Column], str]:
+    """The table's columns and the curve metric for a sweep's teacher kind (from its params)."""
+    n_final, n_curve = params["eval.n_final"], params["eval.n_curve"]
+    k, n_pr, n_mmd = params["eval.pr_k"], params["eval.n_pr"], params["eval.n_mmd"]
+    cost = [Column("run time s", "run_time_s", "min", "time"),
+            Column("steps/s", "steps_per_s", "max")]
+    if params["teacher"] == "image":
+        n_pr = min(int(n_pr), int(n_final))
+        fid_n = min(int(params["eval.fid_n"]), int(n_final))
+        fid = [Column(f"FID (n={fid_n})", f"fid_n{fid_n}", "min")] if fid_n else []
+        return [
+            Column(f"FD classifier (n={n_final})", f"fd_cls_n{n_final}", "min", "fd"),
+            *fid,
+            Column(f"precision (k={k}, n={n_pr})", f"precision_cls_k{k}_n{n_pr}", "max",
+                   "precision"),
+            Column(f"recall (k={k}, n={n_pr})", f"recall_cls_k{k}_n{n_pr}", "max", "recall"),
+            Column("class coverage", f"class_coverage_n{n_final}", "max"),
+            *cost,
+        ], f"fd_cls_n{n_curve}"
+    return [
+        Column(f"FD (n={n_final})", f"fd_n{n_final}", "min", "fd"),
+        Column(f"NLL (n={n_final})", f"nll_n{n_final}", "min"),
+        Column("modes covered", f"modes_covered_n{n_final}", "max"),
+        Column(f"precision (k={k}, n={n_pr})", f"precision_k{k}_n{n_pr}", "max", "precision"),
+        Column(f"recall (k={k}, n={n_pr})", f"recall_k{k}_n{n_pr}", "max", "recall"),
+        Column(f"MMD² (n={n_mmd})", f"mmd_n{n_mmd}", "min"),
+        *cost,
+    ], f"fd_n{n_curve}"
+
+
+def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepData:
+    """Children of ``parent`` as a frame, plus their metric histories."""
+    runs = child_runs(client, parent)
+    rows = []
+    for run in runs:
+        params, tags = run.data.params, run.data.tags
+        rows.append({
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "generator": params["generator.name"],
+            "alpha": float(params["generator.alpha"]),
+            "lr": float(params["train.lr"]),
+            "seed": int(params["seed"]),
+            "status": tags.get("status", "running"),
+            "mlflow_status": run.info.status,
+            "generator_steps": int(params["train.generator_steps"]),
+            **run.data.metrics,
+        })
+    frame = pd.DataFrame(rows)
+    if parent.data.tags.get("sweep.kind") == "search":
+        frame["label"] = frame["run_name"].str.replace(r"-s\d+$", "", regex=True)
+    else:
+        frame["label"] = [generator_label(g, a) for g, a in zip(frame.generator, frame.alpha,
+                                                                strict=True)]
+    frame["steps_per_s"] = frame["generator_steps"] / frame.get("run_time_s", np.nan)
+
+    columns, curve_key = columns_for(runs[0].data.params)
+    history_keys = (curve_key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
+                    "ratio_q50", "ratio_q95", "ratio_accuracy")
+    history_rows = []
+    for row in frame.itertuples():
+        for key in history_keys:
+            for m in client.get_metric_history(row.run_id, key):
+                history_rows.append((row.run_id, row.label, row.seed, key, m.step, m.value))
+    histories = pd.DataFrame(history_rows,
+                             columns=["run_id", "label", "seed", "key", "step", "value"])
+    for column in columns:
+        if column.key not in frame:
+            frame[column.key] = np.nan
+    return SweepData(parent.data.tags.get("sweep.name", ""), parent, frame, histories, columns,
+                     curve_key, tracking_uri)
