@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench.report.reading import SweepData  # noqa: E402
 from bench.report.tables import REFERENCE  # noqa: E402
+from dibregman.results import Status  # noqa: E402
 
 CHART_CAPTIONS = {
     "curves": "FD to the teacher over training",
@@ -49,7 +50,7 @@ def chart_curves(data: SweepData, labels: list[str], out: Path) -> str:
     """The curve metric over generator steps: median over seeds, min-max band."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colours = _colours(labels)
-    curves = data.histories[data.histories.key == data.curve_key]
+    curves = data.histories[data.histories.key == data.curve.key]
     for label in labels:
         table = curves[curves.label == label].pivot_table(index="step", columns="seed",
                                                           values="value")
@@ -61,15 +62,16 @@ def chart_curves(data: SweepData, labels: list[str], out: Path) -> str:
                         color=colours[label], alpha=0.12, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("generator step")
-    ax.set_ylabel(f"{data.curve_key} (median over seeds, band min–max)")
-    ax.set_title("Fréchet distance to the teacher during distillation")
+    ax.set_ylabel(f"{data.curve.label} (median over seeds, band min–max)")
+    ax.set_title(f"{data.curve.label} ({data.curve.direction} is better) during distillation")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     return _save(fig, out, "curves")
 
 
 def chart_final(data: SweepData, summary: pd.DataFrame, labels: list[str], out: Path) -> str:
-    """Final FD per generator, mean ± std over seeds, seeds as dots."""
-    key = data.columns[0].key
+    """The final headline metric per generator, mean ± std over seeds, seeds as dots."""
+    top = data.headline
+    key = top.key
     stats = summary[summary.metric == key].set_index("label")
     shown = [label for label in labels if label in stats.index]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.5))
@@ -78,26 +80,30 @@ def chart_final(data: SweepData, summary: pd.DataFrame, labels: list[str], out: 
     stds = np.nan_to_num(stats.loc[shown, "std"].to_numpy())
     colours = ["tab:red" if label == REFERENCE else "tab:blue" for label in shown]
     ax.barh(y, means, xerr=stds, color=colours, alpha=0.6, capsize=3)
-    finished = data.runs[data.runs.status == "finished"]
+    finished = data.runs[data.runs.status == Status.FINISHED]
     for i, label in enumerate(shown):
         values = finished[finished.label == label][key]
         ax.scatter(values, np.full(len(values), i), color="k", s=8, zorder=3)
     ax.set_yticks(y, shown, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel(f"{data.columns[0].name}: mean ± std over seeds (dots: seeds)")
-    ax.set_title("Final Fréchet distance (lower is better; red: reverse KL = DMD)")
+    ax.set_xlabel(f"{top.label}: mean ± std over seeds (dots: seeds)")
+    ax.set_title(f"Final {top.label} ({top.direction} is better; red: reverse KL = DMD)")
     return _save(fig, out, "final_fd")
 
 
 def chart_tradeoffs(data: SweepData, summary: pd.DataFrame, labels: list[str], out: Path) -> str:
-    """Precision vs recall, and FD vs run time, one point per generator (mean ± std)."""
+    """Precision vs recall, and the headline metric vs run time, one point per generator
+    (mean ± std); the precision panel is left empty when none is declared."""
     stats = summary.set_index(["label", "metric"])
     colours = _colours(labels)
-    role = {c.role: c for c in data.columns}
-    fd, precision, recall, time_ = role["fd"], role["precision"], role["recall"], role["time"]
+    precision, recall = data.column("precision"), data.column("recall")
+    time_ = data.column("wall_time")
+    pairs = [(recall, precision), (time_, data.headline)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    for ax, (x, y) in zip(axes, [(recall, precision), (time_, fd)], strict=True):
+    for ax, (x, y) in zip(axes, pairs, strict=True):
+        if x is None or y is None:
+            continue
         for label in labels:
             if (label, x.key) not in stats.index:
                 continue
@@ -105,8 +111,8 @@ def chart_tradeoffs(data: SweepData, summary: pd.DataFrame, labels: list[str], o
                         xerr=np.nan_to_num(stats["std"][(label, x.key)]),
                         yerr=np.nan_to_num(stats["std"][(label, y.key)]),
                         fmt="o", color=colours[label], label=label, capsize=2, ms=5)
-        ax.set_xlabel(x.name)
-        ax.set_ylabel(y.name)
+        ax.set_xlabel(x.label)
+        ax.set_ylabel(y.label)
     axes[0].set_title("Mode seeking vs covering: precision against recall")
     axes[1].set_title("Quality against cost")
     axes[1].set_yscale("log")
@@ -170,16 +176,17 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
 
 
 def chart_search(data: SweepData, out: Path) -> str:
-    """A search sweep's final FD against the sampled alpha (colour: learning rate)."""
-    finished = data.runs[data.runs.status == "finished"]
+    """A search sweep's final headline metric against the sampled alpha (colour: learning
+    rate)."""
+    finished = data.runs[data.runs.status == Status.FINISHED]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    points = ax.scatter(finished.alpha, finished[data.columns[0].key], c=np.log10(finished.lr),
+    points = ax.scatter(finished.alpha, finished[data.headline.key], c=np.log10(finished.lr),
                         cmap="viridis", s=40)
     fig.colorbar(points, label="log10 learning rate")
     ax.set_yscale("log")
     ax.set_xlabel("α (Amari α-divergence generator)")
-    ax.set_ylabel(data.columns[0].name)
-    ax.set_title("Search: final FD against α")
+    ax.set_ylabel(data.headline.label)
+    ax.set_title(f"Search: final {data.headline.label} against α")
     return _save(fig, out, "alpha")
 
 

@@ -53,8 +53,9 @@ def provenance(data: SweepData, client: MlflowClient) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
         "metric_protocol": {**run_protocol,
-                            "curve": f"{data.curve_key} every {first['eval.every']} generator "
+                            "curve": f"{data.curve.key} every {first['eval.every']} generator "
                                      f"steps"},
+        "declared_metrics": [c.to_dict() for c in [data.curve, *data.columns]],
         "runs": int(len(data.runs)),
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -74,8 +75,10 @@ def _intro(data: SweepData, prov: dict[str, Any]) -> str:
             f"{len(data.runs)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
             f"preset `{data.parent.data.tags.get('sweep.preset')}`. "
             f"Each cell is the mean ± std over seeds of the finished runs; **bold** is the best "
-            f"of its column. FD / reverse_kl is the ratio of mean FDs, starred (*) when the gap "
-            f"exceeds the two seed spreads added.")
+            f"of its column by the metric's declared direction. Generators are ranked by the "
+            f"headline metric, {data.headline.label} ({data.headline.direction} is better); "
+            f"{data.headline.label} / reverse_kl is the ratio of its means, starred (*) when the "
+            f"gap exceeds the two seed spreads added.")
 
 
 def write_markdown(data: SweepData, table: Table, notes: list[str], charts: list[str],

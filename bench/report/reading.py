@@ -2,8 +2,9 @@
 
 The sweep's child runs are read with ``MlflowClient.search_runs`` (through
 ``bench.tracking.child_runs``) and their metric histories with
-``MlflowClient.get_metric_history`` into tidy pandas frames (:class:`SweepData`). Which metrics
-become the report's columns is declared in one place, :func:`columns_for`.
+``MlflowClient.get_metric_history`` into tidy pandas frames (:class:`SweepData`). The report's
+columns are the metrics the runs declared (:func:`dibregman.evaluate.declared_metrics` of their
+teacher and eval config): label, direction and role come from there, never from a metric name.
 """
 
 from __future__ import annotations
@@ -22,21 +23,13 @@ from bench.tracking import PARENT_TAG, child_runs
 # no progress bar per file. Set here, on the first import of the package, before any download.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from dibregman.bregman import is_parametric  # noqa: E402
+from dibregman.config import Config, EvalConfig, with_overrides  # noqa: E402
+from dibregman.evaluate import declared_metrics  # noqa: E402
+from dibregman.results import MetricSpec, Role, Stage, Status, headline  # noqa: E402
 
 
 class ReportError(ValueError):
     """No such sweep, or nothing to report; the message lists the sweeps in the store."""
-
-
-@dataclass(frozen=True)
-class Column:
-    """A table column: display name, MLflow metric key, which direction is better, and its role
-    in the charts (``fd``, ``precision``, ``recall``, ``time``, or ``""``)."""
-
-    name: str
-    key: str
-    better: str  # "min" or "max"
-    role: str = ""
 
 
 @dataclass
@@ -46,17 +39,26 @@ class SweepData:
     Attributes:
         name: sweep name; parent: the parent run; runs: one row per child run (label,
         generator, alpha, seed, status, final metrics); histories: tidy (run_id, label, seed,
-        key, step, value); columns: the quality and cost columns; curve_key: the metric logged
-        over training; tracking_uri: the store.
+        key, step, value); columns: the declared final metrics, headline first, costs last;
+        curve: the declared metric logged over training; tracking_uri: the store.
     """
 
     name: str
     parent: Any
     runs: pd.DataFrame
     histories: pd.DataFrame
-    columns: list[Column]
-    curve_key: str
+    columns: list[MetricSpec]
+    curve: MetricSpec
     tracking_uri: str
+
+    @property
+    def headline(self) -> MetricSpec:
+        """The metric arms are ranked by."""
+        return headline(self.columns)
+
+    def column(self, name: str) -> MetricSpec | None:
+        """The column of metric ``name`` (``precision``, ``wall_time``), if declared."""
+        return next((c for c in self.columns if c.name == name), None)
 
     @property
     def is_search(self) -> bool:
@@ -92,34 +94,19 @@ def generator_label(generator: str, alpha: str | float) -> str:
     return f"{generator} α={float(alpha):g}" if is_parametric(generator) else generator
 
 
-def columns_for(params: dict[str, str]) -> tuple[list[Column], str]:
-    """The table's columns and the curve metric for a sweep's teacher kind (from its params)."""
-    n_final, n_curve = params["eval.n_final"], params["eval.n_curve"]
-    k, n_pr, n_mmd = params["eval.pr_k"], params["eval.n_pr"], params["eval.n_mmd"]
-    cost = [Column("run time s", "run_time_s", "min", "time"),
-            Column("steps/s", "steps_per_s", "max")]
-    if params["teacher"] == "image":
-        n_pr = min(int(n_pr), int(n_final))
-        fid_n = min(int(params["eval.fid_n"]), int(n_final))
-        fid = [Column(f"FID (n={fid_n})", f"fid_n{fid_n}", "min")] if fid_n else []
-        return [
-            Column(f"FD classifier (n={n_final})", f"fd_cls_n{n_final}", "min", "fd"),
-            *fid,
-            Column(f"precision (k={k}, n={n_pr})", f"precision_cls_k{k}_n{n_pr}", "max",
-                   "precision"),
-            Column(f"recall (k={k}, n={n_pr})", f"recall_cls_k{k}_n{n_pr}", "max", "recall"),
-            Column("class coverage", f"class_coverage_n{n_final}", "max"),
-            *cost,
-        ], f"fd_cls_n{n_curve}"
-    return [
-        Column(f"FD (n={n_final})", f"fd_n{n_final}", "min", "fd"),
-        Column(f"NLL (n={n_final})", f"nll_n{n_final}", "min"),
-        Column("modes covered", f"modes_covered_n{n_final}", "max"),
-        Column(f"precision (k={k}, n={n_pr})", f"precision_k{k}_n{n_pr}", "max", "precision"),
-        Column(f"recall (k={k}, n={n_pr})", f"recall_k{k}_n{n_pr}", "max", "recall"),
-        Column(f"MMD² (n={n_mmd})", f"mmd_n{n_mmd}", "min"),
-        *cost,
-    ], f"fd_n{n_curve}"
+def columns_for(params: dict[str, str]) -> tuple[list[MetricSpec], MetricSpec]:
+    """The declared final metrics (headline first, costs last) and the curve metric of the
+    headline's kind, for a run with these MLflow params (its ``teacher`` and ``eval.*``)."""
+    evaluation = {k: v for k, v in params.items() if k.startswith("eval.")}
+    cfg = with_overrides(Config(teacher=params["teacher"], eval=EvalConfig()), evaluation)
+    declared = declared_metrics(cfg)
+    final = [m for m in declared if m.stage is Stage.FINAL]
+    top = headline(final)
+    columns = [top, *[m for m in final if m.role is Role.DIAGNOSTIC],
+               *[m for m in final if m.role is Role.COST]]
+    curves = [m for m in declared if m.stage is Stage.CURVE]
+    curve = next((m for m in curves if m.name == top.name), curves[0])
+    return columns, curve
 
 
 def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepData:
@@ -135,7 +122,7 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
             "alpha": float(params["generator.alpha"]),
             "lr": float(params["train.lr"]),
             "seed": int(params["seed"]),
-            "status": tags.get("status", "running"),
+            "status": tags.get("status", str(Status.RUNNING)),
             "mlflow_status": run.info.status,
             "generator_steps": int(params["train.generator_steps"]),
             **run.data.metrics,
@@ -146,10 +133,8 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
     else:
         frame["label"] = [generator_label(g, a) for g, a in zip(frame.generator, frame.alpha,
                                                                 strict=True)]
-    frame["steps_per_s"] = frame["generator_steps"] / frame.get("run_time_s", np.nan)
-
-    columns, curve_key = columns_for(runs[0].data.params)
-    history_keys = (curve_key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
+    columns, curve = columns_for(runs[0].data.params)
+    history_keys = (curve.key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
                     "ratio_q50", "ratio_q95", "ratio_accuracy")
     history_rows = []
     for row in frame.itertuples():
@@ -162,4 +147,4 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
         if column.key not in frame:
             frame[column.key] = np.nan
     return SweepData(parent.data.tags.get("sweep.name", ""), parent, frame, histories, columns,
-                     curve_key, tracking_uri)
+                     curve, tracking_uri)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.reading import SweepData
+from dibregman.results import Direction, Role, Status
 
 REFERENCE = "reverse_kl"
 
@@ -27,7 +28,7 @@ def summarise(data: SweepData) -> pd.DataFrame:
 
     Diverged and failed runs have no final metrics; they are counted, not averaged.
     """
-    finished = data.runs[data.runs.status == "finished"]
+    finished = data.runs[data.runs.status == Status.FINISHED]
     rows = []
     for label, group in finished.groupby("label", sort=False):
         for column in data.columns:
@@ -39,10 +40,13 @@ def summarise(data: SweepData) -> pd.DataFrame:
 
 
 def order_labels(data: SweepData, summary: pd.DataFrame) -> list[str]:
-    """Labels ranked by mean final FD (best first); labels with no finished run last."""
-    fd = summary[summary.metric == data.columns[0].key].set_index("label")["mean"]
+    """Labels ranked by the mean of the headline metric (best first, by its declared direction);
+    labels with no finished run last."""
+    top = data.headline
+    means = summary[summary.metric == top.key].set_index("label")["mean"]
+    sign = 1 if top.direction is Direction.LOWER else -1
     labels = list(dict.fromkeys(data.runs.label))
-    return sorted(labels, key=lambda label: (fd.get(label, math.inf), label))
+    return sorted(labels, key=lambda label: (sign * means.get(label, sign * math.inf), label))
 
 
 def fmt(value: float) -> str:
@@ -61,31 +65,31 @@ def comparison_table(data: SweepData, summary: pd.DataFrame) -> Table:
     stats = summary.set_index(["label", "metric"])
     counts = data.runs.groupby("label").status.value_counts().unstack(fill_value=0)
     reference = REFERENCE if REFERENCE in set(data.runs.label) else None
-    fd_key = data.columns[0].key
-    header = ["generator", "seeds", *[c.name for c in data.columns], "diverged", "failed"]
+    top_key = data.headline.key
+    ended = [str(Status.DIVERGED), str(Status.FAILED)]
+    header = ["generator", "seeds", *[c.label for c in data.columns], *ended]
     if reference:
-        header.append(f"FD / {reference}")
+        header.append(f"{data.headline.label} / {reference}")
     labels = order_labels(data, summary)
     best = {}
     for column in data.columns:
         means = [stats["mean"].get((label, column.key), np.nan) for label in labels]
         finite = [m for m in means if np.isfinite(m)]
-        best[column.key] = (min(finite) if column.better == "min" else max(finite)) if finite \
-            else None
+        best[column.key] = (min(finite) if column.direction is Direction.LOWER
+                            else max(finite)) if finite else None
     rows, marks = [], []
     for label in labels:
-        n = int(stats["n"].get((label, fd_key), 0))
+        n = int(stats["n"].get((label, top_key), 0))
         row, mark = [label, str(n)], [False, False]
         for column in data.columns:
             mean = stats["mean"].get((label, column.key), np.nan)
             std = stats["std"].get((label, column.key), np.nan)
             row.append(fmt(mean) + (f" ± {fmt(std)}" if np.isfinite(std) else ""))
             mark.append(best[column.key] is not None and mean == best[column.key])
-        row += [str(counts.get("diverged", {}).get(label, 0)),
-                str(counts.get("failed", {}).get(label, 0))]
+        row += [str(counts.get(status, {}).get(label, 0)) for status in ended]
         mark += [False, False]
         if reference:
-            row.append(_relative(stats, label, reference, fd_key))
+            row.append(_relative(stats, label, reference, top_key))
             mark.append(False)
         rows.append(row)
         marks.append(mark)
@@ -110,12 +114,13 @@ def ranking(data: SweepData, summary: pd.DataFrame) -> list[str]:
     lines = []
     stats = summary.pivot(index="label", columns="metric", values="mean")
     for column in data.columns:
-        if column.key in ("run_time_s", "steps_per_s"):
+        if column.role is Role.COST:
             continue
         if column.key not in stats or stats[column.key].dropna().empty:
             continue
-        ranked = stats[column.key].dropna().sort_values(ascending=column.better == "min")
-        lines.append(f"{column.name}: best {ranked.index[0]} ({fmt(ranked.iloc[0])}), "
+        ranked = stats[column.key].dropna().sort_values(
+            ascending=column.direction is Direction.LOWER)
+        lines.append(f"{column.label}: best {ranked.index[0]} ({fmt(ranked.iloc[0])}), "
                      f"worst {ranked.index[-1]} ({fmt(ranked.iloc[-1])})")
     return lines
 
