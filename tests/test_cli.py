@@ -5,8 +5,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from bench.cli import app
+from bench.cli import LiveProgress, app
 from dibregman.bregman import generator_names
+from dibregman.evaluate import curve_metrics
+from dibregman.presets import get_preset
 
 runner = CliRunner()
 
@@ -15,8 +17,20 @@ def test_list_shows_every_registry():
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0
     for name in [*generator_names(), "classifier", "ulsif", "gmm2d-tiny", "train.lr", "mnist",
-                 "fd_cls_nN"]:
+                 "gmm16d", "MixtureEvaluator", "ImageEvaluator",
+                 "fd_cls_n10000", "precision_k3_n5000", "headline", "higher"]:
         assert name in result.output
+
+
+def test_live_line_shows_the_declared_curve_metrics_of_image_runs_too():
+    """The live progress line reads the curve declarations: fd_cls for an image preset."""
+    for preset, key, name in [("digits-tiny", "fd_cls_n256", "fd_cls"),
+                              ("gmm2d-tiny", "nll_n256", "nll")]:
+        cfg = get_preset(preset)
+        live = LiveProgress(cfg.train.generator_steps, curve_metrics(cfg))
+        live({"step": 3, key: 0.125, "loss_dm": 2.0}, None)
+        status = live.progress.tasks[0].fields["status"]
+        assert f"{name} 0.125" in status and "dm 2" in status
 
 
 def test_run_tiny_with_overrides(tmp_path):
@@ -38,6 +52,8 @@ def test_run_tiny_with_overrides(tmp_path):
     (["--set", "train.lr=fast"], "bad value 'fast' for train.lr: expected a number"),
     (["--set", "train.lr"], "expected KEY=VALUE"),
     (["--generator", "power", "--alpha", "-1"], "generator.alpha"),
+    (["--set", "train.sigma_init=2.5"], "train.sigma_init=2.5 does not apply to teacher 'gmm2d'"),
+    (["--set", "image_teacher.channels=16"], "image_teacher.channels=16 does not apply"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "never"

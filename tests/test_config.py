@@ -79,3 +79,26 @@ def test_unknown_preset_lists_valid():
 def test_validate_names_the_problem(override, message):
     with pytest.raises(ConfigError, match=message):
         validate(with_overrides(Config(), override))
+
+
+@pytest.mark.parametrize(("preset", "key", "value", "kind"), [
+    ("gmm2d", "train.sigma_init", "2.5", "vector"),
+    ("gmm16d", "image_teacher.steps", "100", "vector"),
+    ("gmm2d", "eval.fid_n", "100", "vector"),
+    ("digits", "net.hidden", "64", "image"),
+])
+def test_a_key_that_does_not_apply_to_the_teacher_is_an_error_naming_why(preset, key, value,
+                                                                        kind):
+    with pytest.raises(ConfigError, match=f"{key}={value}.* does not apply .*{kind} teacher"):
+        validate(with_overrides(get_preset(preset), {key: value}))
+
+
+def test_the_schema_is_a_leaf_and_importing_it_loads_no_registry():
+    import subprocess
+    import sys
+
+    code = ("import sys, dibregman.config, dibregman.presets\n"
+            "print(sorted(m for m in sys.modules if m.startswith('dibregman.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert loaded.strip() == "['dibregman.config', 'dibregman.presets']"
