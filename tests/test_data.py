@@ -240,3 +240,21 @@ def test_uint8_mapping_is_channel_first_and_exact_at_the_ends():
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
     assert images[1, :, 4, 9].tolist() == pytest.approx([-1.0, 1.0, 51 / 255 * 2 - 1])
     assert images[0].eq(-1).all()
+
+
+def test_every_cache_lives_under_the_one_cache_root(tmp_path, monkeypatch):
+    """DIBREGMAN_CACHE moves them all: CIFAR-10's default folder, teachers, Inception weights."""
+    import dibregman.data
+    from dibregman.config import ImageTeacherConfig
+    from dibregman.metrics import inception
+    from dibregman.teachers.image import teacher_dir
+
+    monkeypatch.setenv("DIBREGMAN_CACHE", str(tmp_path))
+    roots = []
+    monkeypatch.setattr(dibregman.data, "_load_cifar10", roots.append)
+    load_dataset("cifar10")
+    assert roots == [tmp_path / "cifar10"]
+    assert teacher_dir(ImageTeacherConfig()).parent == tmp_path / "teachers"
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"0")
+    assert inception._cleanfid_weights_dir(weights) == tmp_path / "inception"

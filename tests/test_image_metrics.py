@@ -157,19 +157,19 @@ def test_precision_recall_in_classifier_features(trained, digits):
 
 @pytest.fixture(scope="module")
 def inception_digits(digits, tmp_path_factory):
-    """(4 digit images, their Inception features); the extractor's cache folder is a temporary
-    one (XDG_CACHE_HOME)."""
+    """(4 digit images, their Inception features); the extractor's cache folder lies under a
+    temporary cache root (DIBREGMAN_CACHE, the one root every cache of the package uses)."""
     try:
         inception_weights()
     except InceptionUnavailable:
         pytest.skip(NO_INCEPTION)
-    cache_home = tmp_path_factory.mktemp("xdg-cache")
+    cache_home = tmp_path_factory.mktemp("cache-root")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(cache_home))
+        mp.setenv("DIBREGMAN_CACHE", str(cache_home))
         inception_extractor.cache_clear()
         images = digits[2][:4]
         features = inception_features(images, batch_size=4)
-        link = cache_home / "dibregman" / "inception" / "inception-2015-12-05.pt"
+        link = cache_home / "inception" / "inception-2015-12-05.pt"
         assert link.exists() and link.resolve() == inception_weights().resolve()
     return images, features
 
