@@ -116,3 +116,13 @@ def test_run_writes_its_declarations_and_reports_one_final_record(tmp_path):
 
 def test_config_default_teacher_declares_mixture_metrics():
     assert {s.name for s in declared_metrics(Config())} >= {"fd", "nll", "modes_covered"}
+
+
+@pytest.mark.parametrize("evaluator", [VectorEvaluator, MixtureEvaluator])
+def test_non_finite_samples_give_nan_for_every_declared_curve_metric(evaluator):
+    judge = evaluator(ring_mixture(), TINY_EVAL)
+    samples = torch.zeros(TINY_EVAL.n_curve, 2)
+    samples[3, 1] = float("nan")
+    curve = judge.curve(samples)
+    assert set(curve) == keys(evaluator.metrics(TINY_EVAL), Stage.CURVE)
+    assert all(math.isnan(v) for v in curve.values())

@@ -9,14 +9,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dibregman.evaluators.base import metric, nan_if_not_finite
+from dibregman.evaluators.base import metric
 from dibregman.evaluators.vector import HIGHER, LOWER, VectorEvaluator
-from dibregman.metrics import (
-    frechet_distance_to_moments,
-    mixture_moments,
-    mode_stats,
-    negative_log_likelihood,
-)
+from dibregman.metrics import mixture_moments, mode_stats, negative_log_likelihood
 from dibregman.plots import plot_vector_samples, principal_axes
 from dibregman.results import MetricSpec, Role, Stage
 
@@ -45,7 +40,7 @@ class MixtureEvaluator(VectorEvaluator):
 
     @classmethod
     def curve_metrics(cls, n: int, stage: Stage, fd_role: Role) -> list[MetricSpec]:
-        return [metric("fd", "FD", n, LOWER, fd_role, stage),
+        return [*super().curve_metrics(n, stage, fd_role),
                 metric("nll", "NLL", n, LOWER, Role.DIAGNOSTIC, stage)]
 
     @classmethod
@@ -54,12 +49,10 @@ class MixtureEvaluator(VectorEvaluator):
                 metric("mode_tv", "mode-weight TV", n, LOWER),
                 metric("off_mode", "off-mode share", n, LOWER)]
 
-    def curve(self, samples: Tensor) -> dict[str, float]:
-        """``fd_n{N}`` and ``nll_n{N}`` of ``samples: (N, d)``."""
-        n = len(samples)
-        return nan_if_not_finite(samples, [f"fd_n{n}", f"nll_n{n}"]) or {
-            f"fd_n{n}": frechet_distance_to_moments(samples, *self.moments),
-            f"nll_n{n}": negative_log_likelihood(samples, *self.mixture)}
+    def measure_curve(self, samples: Tensor) -> dict[str, float]:
+        """The FD of :class:`VectorEvaluator` and ``nll_n{N}``."""
+        return {**super().measure_curve(samples),
+                f"nll_n{len(samples)}": negative_log_likelihood(samples, *self.mixture)}
 
     def exact(self, samples: Tensor) -> dict[str, float]:
         n = len(samples)

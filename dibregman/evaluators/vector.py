@@ -75,10 +75,14 @@ class VectorEvaluator(Evaluator):
         return []
 
     def curve(self, samples: Tensor) -> dict[str, float]:
-        """``fd_n{N}`` of ``samples: (N, d)``."""
-        n = len(samples)
-        return nan_if_not_finite(samples, [f"fd_n{n}"]) or {
-            f"fd_n{n}": frechet_distance_to_moments(samples, *self.moments)}
+        """The curve metrics of ``samples: (N, d)`` (NaN for non-finite samples)."""
+        declared = self.curve_metrics(len(samples), Stage.CURVE, Role.DIAGNOSTIC)
+        return (nan_if_not_finite(samples, [spec.key for spec in declared])
+                or self.measure_curve(samples))
+
+    def measure_curve(self, samples: Tensor) -> dict[str, float]:
+        """``fd_n{N}`` of finite ``samples: (N, d)``."""
+        return {f"fd_n{len(samples)}": frechet_distance_to_moments(samples, *self.moments)}
 
     def final(self, samples: Tensor) -> dict[str, float]:
         """Every metric; precision / recall and MMD on the first ``n_pr`` / ``n_mmd`` samples."""
