@@ -93,6 +93,9 @@ class LiveProgress:
         self.task = self.progress.add_task("run", total=total, status=status)
 
     def __call__(self, record: dict[str, Any], checkpoint: Path | None) -> None:
+        if record.get("final"):  # the final record: the table printed after the bar shows it
+            self.progress.update(self.task, completed=record["step"])
+            return
         shown = [("loss_dm", "dm"), ("ratio_accuracy", "acc"), ("weight_max", "w_max")]
         parts = [f"{label} {record[key]:.3g}" for key, label in shown if key in record]
         parts += [f"{spec.name} {record[spec.key]:.3g}" for spec in self.curve

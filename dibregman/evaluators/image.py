@@ -76,8 +76,9 @@ class ImageEvaluator(Evaluator):
             metric("fd_cls", "FD classifier", cfg.n_curve, lower, stage=Stage.CURVE),
             metric("fd_cls", "FD classifier", cfg.n_final, lower, fd_role),
             *fid,
-            metric("precision", "precision", n_pr, higher, key=f"precision_cls_k{k}_n{n_pr}"),
-            metric("recall", "recall", n_pr, higher, key=f"recall_cls_k{k}_n{n_pr}"),
+            metric("precision", f"precision k={k}", n_pr, higher,
+                   key=f"precision_cls_k{k}_n{n_pr}"),
+            metric("recall", f"recall k={k}", n_pr, higher, key=f"recall_cls_k{k}_n{n_pr}"),
             metric("class_coverage", "class coverage", cfg.n_final, higher),
         ]
 

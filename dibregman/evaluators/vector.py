@@ -58,9 +58,10 @@ class VectorEvaluator(Evaluator):
             *cls.curve_metrics(cfg.n_curve, Stage.CURVE, Role.DIAGNOSTIC),
             *cls.curve_metrics(cfg.n_final, Stage.FINAL, Role.HEADLINE),
             *cls.exact_metrics(cfg.n_final),
-            metric("precision", "precision", cfg.n_pr, HIGHER,
+            metric("precision", f"precision k={cfg.pr_k}", cfg.n_pr, HIGHER,
                    key=f"precision_k{cfg.pr_k}_n{cfg.n_pr}"),
-            metric("recall", "recall", cfg.n_pr, HIGHER, key=f"recall_k{cfg.pr_k}_n{cfg.n_pr}"),
+            metric("recall", f"recall k={cfg.pr_k}", cfg.n_pr, HIGHER,
+                   key=f"recall_k{cfg.pr_k}_n{cfg.n_pr}"),
             metric("mmd", "MMD²", cfg.n_mmd, LOWER),
         ]
 
