@@ -11,7 +11,7 @@ gradient is the DMD gradient (fake score minus teacher score) scaled per sample 
     w(r) = h''(r) * r.
 
 With ``h(r) = r log r`` (reverse KL) ``w == 1`` and the update is exactly DMD; that identity is the
-regression test for the whole weighting path (METHOD.md §3).
+regression test for the whole weighting path (docs/method.md §3).
 
 Every generator is a frozen :class:`BregmanGenerator` record of pure torch functions. The weight
 is written in its own closed form rather than as ``h_second(r) * r`` so that fp32 evaluation does
@@ -20,7 +20,7 @@ not overflow or lose precision at extreme ratios (e.g. ``h'' = r**-3`` underflow
 
 Generators are added to ``_REGISTRY`` (name -> factory); :func:`get_generator` is a plain lookup.
 The parametric families ``alpha`` (Amari) and ``power`` (Basu) take ``alpha``; the others ignore it.
-Formulas follow the METHOD.md §4 table. A generator's ``h`` is defined up to an affine term
+Formulas follow the docs/method.md §4 table. A generator's ``h`` is defined up to an affine term
 ``c0 + c1 * r``, which changes neither ``h''``, ``w`` nor ``D_h``.
 """
 
@@ -77,7 +77,7 @@ class BregmanGenerator:
 
 
 # --------------------------------------------------------------------------------------------
-# Fixed generators (METHOD.md §4).
+# Fixed generators (docs/method.md §4).
 # --------------------------------------------------------------------------------------------
 
 REVERSE_KL = BregmanGenerator(
@@ -325,8 +325,8 @@ class _Entry:
     parametric: bool
 
 
-def _fixed(generator: BregmanGenerator) -> _Entry:
-    return _Entry(factory=lambda _alpha: generator, parametric=False)
+def _fixed(h: BregmanGenerator) -> _Entry:
+    return _Entry(factory=lambda _alpha: h, parametric=False)
 
 
 _REGISTRY: dict[str, _Entry] = {
@@ -359,15 +359,9 @@ def _entry(name: str) -> _Entry:
 
 
 def get_generator(name: str, alpha: float = 0.5) -> BregmanGenerator:
-    """Look up a Bregman generator by name.
-
-    Args:
-        name: a registry name (see :func:`generator_names`).
-        alpha: parameter of the ``alpha`` (Amari; any finite real) and ``power`` (Basu;
-            ``alpha > 0``) families; ignored by every other generator.
-
-    Returns:
-        The generator record.
+    """The Bregman generator ``h`` named ``name`` (see :func:`generator_names`); ``alpha`` is
+    the parameter of the ``alpha`` (Amari; any finite real) and ``power`` (Basu; ``alpha > 0``)
+    families, ignored by every other generator.
 
     Raises:
         ValueError: for an unknown name (the message lists every valid name) or an ``alpha``
@@ -385,13 +379,13 @@ def is_parametric(name: str) -> bool:
     return _entry(name).parametric
 
 
-def bregman_divergence(generator: BregmanGenerator, a: Tensor, b: Tensor | float) -> Tensor:
+def bregman_divergence(h: BregmanGenerator, a: Tensor, b: Tensor | float) -> Tensor:
     """Elementwise Bregman divergence ``D_h(a || b) = h(a) - h(b) - h'(b) (a - b)``.
 
     ``D_h >= 0`` with equality iff ``a == b`` for ``a, b`` in ``(0, ratio_max]``.
 
     Args:
-        generator: the generator ``h``.
+        h: the generator.
         a: ratios, any shape.
         b: ratios broadcastable against ``a``; a Python float (e.g. ``1.0`` for the Di-Bregman
             objective ``D_h(r || 1)``) is converted to ``a``'s dtype and device.
@@ -400,4 +394,4 @@ def bregman_divergence(generator: BregmanGenerator, a: Tensor, b: Tensor | float
         ``D_h(a || b)``, the broadcast shape of ``a`` and ``b``.
     """
     b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
-    return generator.h(a) - generator.h(b) - generator.h_prime(b) * (a - b)
+    return h.h(a) - h.h(b) - h.h_prime(b) * (a - b)

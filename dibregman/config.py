@@ -8,7 +8,7 @@ A config is a tree of frozen dataclasses. Every leaf has a dotted key (``train.l
 rejects unknown keys with the list of valid ones, so the CLI, the sweep specs and the tests
 all speak the same keys. :func:`to_dict` / :func:`from_dict` round-trip a config through JSON.
 
-Defaults follow ``METHOD.md`` §5-§6 where the method fixes them; toy-scale choices (network
+Defaults follow ``docs/method.md`` §5-§6 where the method fixes them; toy-scale choices (network
 width, noise range, step counts) are documented on the field that carries them.
 """
 
@@ -80,11 +80,12 @@ class ImageTeacherConfig:
 
 @dataclass(frozen=True)
 class RatioConfig:
-    """Density-ratio estimation ``r = q_student / p_teacher`` and weight hygiene (METHOD.md §5).
+    """Density-ratio estimation ``r = q_student / p_teacher`` and weight hygiene
+    (docs/method.md §5).
 
     Attributes:
         estimator: ``classifier`` (logistic, DMD2/f-distill), ``ulsif`` or ``kliep`` (Bregman
-            ratio fitting, METHOD.md §8); see :mod:`dibregman.ratio`.
+            ratio fitting, docs/method.md §8); see :mod:`dibregman.ratio`.
         log_ratio_clamp: ``|log r| = |logit|`` is clamped to this before anything else.
         clip_min, clip_max: ``r`` is clipped to ``[clip_min, clip_max]`` (f-distill clips
             ``p/q`` to [0.1, 20], i.e. ``q/p`` to [1/20, 10]); a generator with a bounded convex
@@ -120,15 +121,15 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The two-time-scale Di-Bregman schedule (METHOD.md §6).
+    """The two-time-scale Di-Bregman schedule (docs/method.md §6).
 
     Attributes:
         generator_steps: number of student updates; the critic (fake score + ratio network)
             takes ``critic_steps_per_generator_step`` updates before each of them.
         critic_steps_per_generator_step: DMD2/f-distill use 5.
         fake_warmup_steps: critic-only steps before the first student update. The fake score of
-            an analytic teacher cannot be initialised from the teacher (METHOD.md §1), so it is
-            first fitted to the initial student.
+            an analytic teacher cannot be initialised from the teacher (docs/method.md §1), so
+            it is first fitted to the initial student.
         batch_size: samples per step for every network.
         lr, betas, weight_decay: AdamW for all three networks.
         fake_lr_scale: the fake score's learning rate is ``lr`` times this: a second

@@ -1,6 +1,6 @@
 """The Di-Bregman loop: critic steps and weighted student steps (one run's training state).
 
-Student gradient (METHOD.md §3), with ``x = G(z)``, ``x_s = x + sigma n``:
+Student gradient (docs/method.md §3), with ``x = G(z)``, ``x_s = x + sigma n``:
 
     grad_theta = E[ w(r(x_s, sigma)) (s_fake(x_s, sigma) - s_teacher(x_s, sigma)) . dx/dtheta ],
     w(r) = h''(r) r,
@@ -139,7 +139,7 @@ class Distiller:
                 "ratio_accuracy": float(accuracy)}
 
     def student_step(self) -> dict[str, float]:
-        """One weighted distribution-matching update of the student (METHOD.md §3)."""
+        """One weighted distribution-matching update of the student (docs/method.md §3)."""
         train = self.cfg.train
         with self.autocast:
             x = self.student(self._latents(train.batch_size, self.rng)).float()

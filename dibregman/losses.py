@@ -35,7 +35,7 @@ def dsm_loss(denoised: Tensor, clean: Tensor, sigma: Tensor, sigma_data: float) 
 
 def distribution_matching(x: Tensor, denoised_teacher: Tensor, denoised_fake: Tensor,
                           weight: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The weighted distribution-matching loss of student samples (METHOD.md §3).
+    """The weighted distribution-matching loss of student samples (docs/method.md §3).
 
     With ``x_s = x + sigma n`` and ``D_fake - D_teacher = sigma^2 (s_fake - s_teacher)``, the
     per-sample step is ``g = w (D_fake(x_s) - D_teacher(x_s)) / mean|x - D_teacher(x_s)|`` (the

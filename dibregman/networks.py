@@ -236,8 +236,9 @@ class ConvEncoder(nn.Module):
 class RatioNetwork(nn.Module):
     """``(x_sigma, sigma) -> log r`` (one scalar per sample), a network of its own.
 
-    The classifier's logit is ``-log r`` (teacher side is the positive class, METHOD.md §2). The
-    input is scaled by ``c_in`` like a denoiser's, so every noise level sees unit-scale inputs.
+    The classifier's logit is ``-log r`` (teacher side is the positive class, docs/method.md
+    §2). The input is scaled by ``c_in`` like a denoiser's, so every noise level sees unit-scale
+    inputs.
 
     Args:
         net: ``F(x_in, c_noise) -> (B, 1)``: :class:`MLPNet` or :class:`ConvEncoder`.

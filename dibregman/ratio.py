@@ -1,6 +1,7 @@
-"""Density-ratio estimation ``r = q_student / p_teacher`` and the weight hygiene of METHOD.md §5.
+"""Density-ratio estimation ``r = q_student / p_teacher`` and the weight hygiene of
+docs/method.md §5.
 
-Convention (METHOD.md §2): the teacher side is the positive class, so a logistic classifier's
+Convention (docs/method.md §2): the teacher side is the positive class, so a logistic classifier's
 logit is ``-log r`` and ``r = exp(-logit) = (1 - D) / D``; a network that says "teacher" with
 confidence (large logit) gives ``r < 1``. Every estimator here parametrises ``log r`` directly.
 

@@ -1,4 +1,5 @@
-"""Ratio estimators recover a known log-ratio; the weight pipeline does what METHOD.md §5 says."""
+"""Ratio estimators recover a known log-ratio; the weight pipeline does what docs/method.md §5
+says."""
 
 import math
 
