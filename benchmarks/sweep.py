@@ -6,7 +6,7 @@ from /proc twice a second, then reads the trials' run times back from MLflow:
 
     parallel efficiency = sum of trial run times / (CPUs x wall time)
 
-A trial's run time is `run_time_s` as `run_experiment` measured it (training and evaluation;
+A trial's run time is `wall_time_s` as `run_experiment` measured it (training and evaluation;
 not the worker's start-up). Memory is reported as the peak of the summed RSS (counts shared
 library pages once per process, so it overstates) and of the summed PSS (shares them out).
 
@@ -79,10 +79,12 @@ def main() -> None:
 
         import mlflow
 
+        from dibregman.results import ELAPSED
+
         client = mlflow.MlflowClient(uri)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   "tags.`mlflow.parentRunId` != ''", max_results=10_000)
-        run_times = [r.data.metrics.get("run_time_s", 0.0) for r in runs]
+        run_times = [r.data.metrics.get(ELAPSED, 0.0) for r in runs]
         statuses = [r.data.tags.get("status") for r in runs]
     print("\n| spec | trials | statuses | wall s | sum of run times s | CPUs | parallel "
           "efficiency | peak tree RSS MiB | peak tree PSS MiB |")
