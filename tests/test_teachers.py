@@ -105,3 +105,22 @@ def test_ode_map_carries_standard_normal_latents_onto_the_mixture():
     spread = ((x - teacher.means[nearest]) / teacher.stds[nearest, None]).pow(2).sum(1).mean()
     assert math.isclose(float(spread), 2.0, rel_tol=0.05)
     assert torch.equal(teacher.sample_from(latents[:5]).double(), x[:5])
+
+
+def test_a_broken_or_clashing_plugin_is_skipped_with_a_warning(monkeypatch):
+    """One bad entry point must not hide the registry: it is named in a warning."""
+    from importlib.metadata import EntryPoint
+
+    from dibregman.teachers import registry
+
+    points = [EntryPoint("broken", "no_such_module_xyz:Teacher", registry.ENTRY_POINT_GROUP),
+              EntryPoint("gmm2d", "dibregman.teachers:GaussianMixtureTeacher",
+                         registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "entry_points", lambda group: points)
+    with pytest.warns(UserWarning) as caught:
+        names = teacher_names()
+    messages = " ".join(str(w.message) for w in caught)
+    assert "broken = no_such_module_xyz:Teacher skipped: ModuleNotFoundError" in messages
+    assert "teacher 'gmm2d' is registered already (built-in)" in messages
+    assert "broken" not in names and registry.teacher_entry("gmm2d").source == "built-in"

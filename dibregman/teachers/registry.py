@@ -15,6 +15,7 @@ a :class:`~dibregman.teachers.base.Teacher` subclass, built by its ``from_config
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -81,14 +82,20 @@ def register_teacher(name: str, teacher_class: type[Teacher],
 
 
 def _load_entry_points() -> None:
-    """Register every ``dibregman.teachers`` entry point of the installed packages, once."""
+    """Register every ``dibregman.teachers`` entry point of the installed packages, once.
+
+    A plugin that fails to load, is no ``Teacher`` subclass or takes a name already registered
+    is skipped with a warning naming it: one broken package must not hide the others."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for point in entry_points(group=ENTRY_POINT_GROUP):
-        if point.name not in _REGISTRY:
+        try:
             register_teacher(point.name, point.load(), source=point.value)
+        except Exception as err:  # noqa: BLE001 - any import error of a third-party plugin
+            warnings.warn(f"teacher plugin {point.name} = {point.value} skipped: "
+                          f"{type(err).__name__}: {err}", stacklevel=2)
 
 
 def teacher_names() -> list[str]:
