@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -18,6 +19,7 @@ from bench.spec import SpecError, load_spec
 from dibregman.bregman import generator_names, get_generator, is_parametric
 from dibregman.config import Config, ConfigError, EvalConfig, config_keys, with_overrides
 from dibregman.data import dataset_names
+from dibregman.equivalence import known_equivalences
 from dibregman.evaluate import curve_metrics
 from dibregman.presets import get_preset, preset_names
 from dibregman.ratio import estimator_names
@@ -236,6 +238,8 @@ def sweep(
         spec = load_spec(spec_path)
     except SpecError as err:
         raise fail(str(err)) from None
+    for warning in spec.warnings:
+        err_console.print(f"[yellow]warning: {escape(warning)}[/]", highlight=False, soft_wrap=True)
     if dry_run:
         lines = expanded_trials(spec)
         console.print(f"sweep {spec.name} (preset {spec.preset}, spec {spec.spec_hash}): "
@@ -317,6 +321,11 @@ def list_() -> None:
         family = " (uses generator.alpha)" if is_parametric(name) else ""
         table.add_row(name, record.description + family)
     console.print(table)
+    classes = "; ".join(" = ".join(labels) for labels in known_equivalences())
+    console.print("[bold]equivalent under batch-mean weight normalisation[/] "
+                  "(ratio.weight_normalize: weights equal up to a constant train identically): "
+                  + classes
+                  + "; in general alpha α=a = power α=a-1 for a > 1", highlight=False)
     console.print("[bold]ratio estimators:[/] " + ", ".join(estimator_names()))
     console.print("[bold]presets:[/] " + ", ".join(preset_names()))
     console.print("[bold]image datasets:[/] " + ", ".join(dataset_names()) + ", folder:PATH")

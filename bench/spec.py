@@ -26,6 +26,8 @@ A spec::
     time_budget_s: 900
 
 ``generator`` is shorthand for ``generator.name`` wherever a config key is expected.
+Grid arms that train identically (weights equal up to a constant under batch-mean weight
+normalisation, :mod:`dibregman.equivalence`) are kept but recorded in ``SweepSpec.warnings``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 import yaml
 
 from dibregman.config import Config, ConfigError, config_keys, with_overrides
+from dibregman.equivalence import arm_label, normalize_arm, same_method_groups
 from dibregman.evaluate import curve_metrics
 from dibregman.presets import get_preset, preset_names
 from dibregman.validation import validate
@@ -100,6 +103,8 @@ class SweepSpec:
         max_concurrent: concurrent trials (None: as many as resources allow).
         time_budget_s: stop the sweep after this many seconds (None: no limit).
         spec_hash: hash of the canonical spec content (provenance).
+        warnings: grid arms that duplicate others (the spec stays valid: an A/A control may be
+            deliberate); ``bench sweep`` prints them.
     """
 
     path: Path
@@ -116,6 +121,7 @@ class SweepSpec:
     max_concurrent: int | None = None
     time_budget_s: float | None = None
     spec_hash: str = ""
+    warnings: list[str] = field(default_factory=list)
 
     def base_config(self) -> Config:
         """The preset with the spec's base overrides applied."""
@@ -248,7 +254,28 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         search=search, scheduler=scheduler, metric=metric, mode=mode, resources=resources,
         max_concurrent=max_concurrent, time_budget_s=float(budget) if budget else None,
         spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:12],
+        warnings=_duplicate_warnings(base, grid, len(seeds)) if search is None else [],
     )
+
+
+def _duplicate_warnings(base: Config, grid: list[dict[str, Any]], n_seeds: int) -> list[str]:
+    """One warning per set of grid arms that train identically (equivalent generators, or one
+    generator at alphas it ignores), with how many of the trials duplicate others."""
+    configs = [with_overrides(base, point) for point in grid]
+    duplicates: dict[tuple[str, ...], int] = {}
+    for group in same_method_groups(configs):
+        arms = [normalize_arm(configs[i].generator.name, configs[i].generator.alpha)
+                for i in group]
+        labels = tuple(dict.fromkeys(arm_label(*arm) for arm in arms))
+        duplicates[labels] = duplicates.get(labels, 0) + (len(group) - 1) * n_seeds
+    total, warnings = len(grid) * n_seeds, []
+    for labels, count in duplicates.items():
+        what = (f"{', '.join(labels[:-1])} and {labels[-1]} are the same method under batch-mean "
+                f"weight normalisation (weights equal up to a constant)" if len(labels) > 1 else
+                f"{labels[0]} is the same run at several points (equal up to generator.alpha, "
+                f"which only alpha and power use)")
+        warnings.append(f"grid: {what}: {count} of {total} trials duplicate others")
+    return warnings
 
 
 def canonical_key(key: Any, where: str, fail) -> str:

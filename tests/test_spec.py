@@ -107,3 +107,63 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(bad)
+
+
+JS_LOGISTIC = ("grid: jensen_shannon and logistic are the same method under batch-mean weight "
+               "normalisation (weights equal up to a constant): {} of {} trials duplicate others")
+
+
+@pytest.mark.parametrize(("change", "warnings"), [
+    ({"grid": {"generator": ["jensen_shannon", "logistic"]}}, [JS_LOGISTIC.format(3, 6)]),
+    ({"grid": {"generator": ["reverse_kl", "pearson"]}}, []),
+    ({"grid": {"generator": ["jensen_shannon", "logistic"]},
+      "set": {"ratio.weight_normalize": False}}, []),
+    ({"grid": {"generator": ["jensen_shannon", "logistic"], "ratio.weight_normalize": [False]}},
+     []),
+    ({"grid": {"generator": ["jensen_shannon", "logistic"],
+               "ratio.weight_normalize": [True, False]}}, [JS_LOGISTIC.format(3, 12)]),
+    ({"grid": {"generator": ["jensen_shannon", "logistic"], "train.lr": [1e-3, 2e-3]}},
+     [JS_LOGISTIC.format(6, 12)]),
+    ({"grid": [{"generator": ["jensen_shannon"]}, {"generator": ["logistic"], "train.lr": [2e-3]}]},
+     []),
+    ({"grid": [{"generator": ["pearson", "hellinger"]},
+               {"generator": ["alpha"], "generator.alpha": [2.0, 0.5, 0.6]},
+               {"generator": ["power"], "generator.alpha": [1.0]}]},
+     ["grid: pearson, alpha α=2 and power α=1 are the same method under batch-mean weight "
+      "normalisation (weights equal up to a constant): 6 of 18 trials duplicate others",
+      "grid: hellinger and alpha α=0.5 are the same method under batch-mean weight "
+      "normalisation (weights equal up to a constant): 3 of 18 trials duplicate others"]),
+    ({"grid": {"generator": ["pearson"], "generator.alpha": [0.5, 2.0]}},
+     ["grid: pearson is the same run at several points (equal up to generator.alpha, which "
+      "only alpha and power use): 3 of 6 trials duplicate others"]),
+])
+def test_equivalent_arms_warn_without_refusing_the_spec(tmp_path, change, warnings):
+    spec = load_spec(write(tmp_path, {**BASE, "seeds": [0, 1, 2], **change}))
+    assert spec.warnings == warnings
+    assert len(spec.trials()) == 3 * len(spec.grid)  # every arm is kept
+
+
+def test_shipped_divergences_grid_warns_about_its_equivalent_arms():
+    spec = load_spec(SWEEPS / "divergences.yaml")
+    assert len(spec.trials()) == 42  # the grid the committed report was built from
+    assert [w.split(" are the same method")[0] for w in spec.warnings] == [
+        "grid: jensen_shannon and logistic", "grid: hellinger and alpha α=0.5",
+        "grid: alpha α=1.5 and power α=0.5"]
+    assert all(w.endswith("3 of 42 trials duplicate others") for w in spec.warnings)
+
+
+def test_sweep_dry_run_prints_the_warning_and_exits_0(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    path = write(tmp_path, {**BASE, "seeds": [0, 1, 2],
+                            "grid": {"generator": ["jensen_shannon", "logistic"]}})
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["sweep", str(path), "--dry-run"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "warning: " + JS_LOGISTIC.format(3, 6) in text
+    assert "jensen_shannon and logistic" in " ".join(result.stderr.split())  # on stderr
+    assert "6 trials" in text and "logistic-s2" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing started
