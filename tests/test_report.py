@@ -13,6 +13,18 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.report import ReportError, build_report
+from bench.report.reading import SweepData
+from bench.report.stats import bootstrap_ci
+from bench.report.tables import (
+    compare,
+    comparison_table,
+    fmt_ci,
+    order_labels,
+    paired_table,
+    summarise,
+    verdict_lines,
+)
+from dibregman.results import Direction, MetricSpec, Role
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +73,51 @@ def test_markdown_table_shows_those_numbers_and_the_diverged_count(report):
     cells = [c.strip() for c in forward_row.strip("|").split("|")]
     assert cells[1] == "0"  # no finished seed
     assert cells[-3] == "2"  # diverged
-    assert "FD (n=512) / reverse_kl" in text and "## Ranking" in text
+    assert "FD (n=512) vs reverse_kl" in text and "## vs reverse_kl (paired by seed)" in text
+    assert cells[-1] == "too few seeds"
+    header = next(line for line in text.splitlines() if line.startswith("| generator | seeds"))
+    assert "FD (n=512) 95 % CI" in header
+    pearson_row = next(line for line in text.splitlines() if line.startswith("| pearson |"))
+    # 2 seeds: no 95 % interval is possible (one inside the range covers at most 50 %)
+    assert "needs ≥ 6 seeds" in pearson_row and "no detectable difference" in pearson_row
+
+
+def test_comparison_csv_pairs_pearson_with_reverse_kl_by_seed(report):
+    out, uri = report
+    comparison = pd.read_csv(out / "comparison.csv").set_index("label")
+    runs = independent_runs(uri)
+    finished = runs[runs["tags.status"] == "finished"]
+    fd = {g: finished[finished["params.generator.name"] == g].set_index("params.seed")
+          ["metrics.fd_n512"] for g in ("reverse_kl", "pearson")}
+    log_ratios = np.log(fd["pearson"]) - np.log(fd["reverse_kl"].loc[fd["pearson"].index])
+    pearson = comparison.loc["pearson"]
+    assert pearson.reference == "reverse_kl" and pearson.metric == "fd_n512"
+    assert pearson.scale == "log-ratio" and pearson.n_pairs == 2
+    assert pearson.estimate == pytest.approx(np.exp(log_ratios.mean()), rel=1e-9)
+    # 2 pairs: the exact sign-flip test's p is 0.5 (same signs) or 1; Holm never lowers it
+    assert pearson.p_value in (0.5, 1.0) and pearson.p_holm >= pearson.p_value
+    assert pearson.verdict == "no detectable difference"
+    assert np.isnan(pearson.estimate_ci_low) and np.isnan(pearson.ci_low)  # < 6 seeds
+    assert pearson["mean"] == pytest.approx(fd["pearson"].mean(), rel=1e-12)
+    assert comparison.loc["reverse_kl", "verdict"] == "reference"
+    forward = comparison.loc["forward_kl"]
+    assert forward.n_pairs == 0 and forward.verdict == "too few seeds"
+    assert np.isnan(forward.p_value) and np.isnan(forward.p_holm)
+
+
+def test_pages_state_only_what_the_verdicts_support(report):
+    out, _ = report
+    text = (out / "README.md").read_text()
+    assert ("No arm differs detectably from reverse_kl on FD (n=512) (two-sided sign-flip "
+            "permutation test on per-seed log-ratios, Holm over 1 arm, α = 0.05, 2 paired "
+            "seeds).") in text
+    assert "smallest attainable p is 0.5: no difference could have been detected" in text
+    assert "Too few seeds paired with reverse_kl for a verdict: forward_kl (0 paired)." in text
+    assert "| generator | paired seeds | ratio to reverse_kl | 95 % CI | p | p (Holm) | " \
+           "verdict | P(rank first) |" in text
+    assert ": best " not in text and " * |" not in text  # no ranking by means, no star rule
+    page = (out / "index.html").read_text()
+    assert "No arm differs detectably from reverse_kl" in page and "too few seeds" in page
 
 
 def test_results_csv_has_one_row_per_run_and_metric(report):
@@ -154,3 +210,91 @@ def test_image_sweep_report_has_image_columns_and_sample_grids(tmp_path):
     assert "FD classifier (n=512)" in text and "class coverage" in text
     image = plt.imread(out / "samples.png")
     assert np.std(image[..., :3]) > 0.02
+
+
+FD = MetricSpec("fd_n512", "fd", "FD (n=512)", 512, Direction.LOWER, Role.HEADLINE)
+RECALL = MetricSpec("recall_k3_n256", "recall", "recall", 256, Direction.HIGHER,
+                    Role.DIAGNOSTIC)
+
+
+def synthetic_sweep(factors: dict[str, float], seeds: int = 8, headline=FD) -> SweepData:
+    """A sweep without Ray or MLflow: per arm, a seed's value is a shared per-seed level times
+    the arm's factor, with 3 % noise; ``nan`` factors diverge."""
+    rng = np.random.default_rng(0)
+    level = rng.lognormal(0.0, 0.5, seeds)
+    rows = []
+    for label, factor in factors.items():
+        for seed in range(seeds):
+            finished = np.isfinite(factor)
+            value = level[seed] * factor * np.exp(rng.normal(0, 0.03)) if finished else np.nan
+            rows.append({"run_id": f"{label}-{seed}", "label": label, "seed": seed,
+                         "status": "finished" if finished else "diverged",
+                         headline.key: value})
+    return SweepData("synthetic", None, pd.DataFrame(rows), pd.DataFrame(), [headline],
+                     headline, "")
+
+
+def test_eight_seeds_give_intervals_verdicts_both_ways_and_rank_shares():
+    data = synthetic_sweep({"reverse_kl": 1.0, "pearson": 0.5, "neyman": 2.0, "forward_kl": np.nan})
+    summary = summarise(data)
+    comparison = compare(data, order_labels(data, summary)).set_index("label")
+    assert comparison.loc["pearson", "verdict"] == "better"
+    assert comparison.loc["neyman", "verdict"] == "worse"
+    assert comparison.loc["forward_kl", "verdict"] == "too few seeds"
+    assert comparison.loc["pearson", "p_value"] == pytest.approx(2 / 2**8)
+    assert comparison.loc["pearson", "p_holm"] == pytest.approx(2 * 2 / 2**8)  # Holm, m = 2
+    pearson = comparison.loc["pearson"]
+    assert 0.45 < pearson.estimate_ci_low < pearson.estimate < pearson.estimate_ci_high < 0.55
+    assert comparison.loc["pearson", "p_rank_first"] > 0.95
+    assert comparison.p_rank_first.sum() == pytest.approx(1.0)
+
+    header, rows, _ = comparison_table(data, summary, comparison.reset_index())
+    assert header[:4] == ["generator", "seeds", "FD (n=512)", "FD (n=512) 95 % CI"]
+    row = dict(zip(header, next(r for r in rows if r[0] == "pearson"), strict=True))
+    values = data.runs[data.runs.label == "pearson"].fd_n512.to_numpy()
+    assert row["FD (n=512) 95 % CI"] == fmt_ci(*bootstrap_ci(values))
+    assert row["FD (n=512) vs reverse_kl"] == "better"
+    lines = verdict_lines(data, comparison.reset_index())
+    assert lines[0].startswith("Detectably better than reverse_kl on FD (n=512) (lower is "
+                               "better; two-sided sign-flip permutation test on per-seed "
+                               "log-ratios, Holm over 2 arms, α = 0.05, 8 paired seeds): "
+                               "pearson (ratio 0.5")
+    assert lines[1].startswith("Detectably worse than reverse_kl") and "neyman" in lines[1]
+    assert not any("smallest attainable" in line for line in lines)
+
+
+def test_verdicts_use_the_declared_direction_and_differences_when_values_can_be_negative():
+    """A higher-is-better headline that can be negative: compared on differences; the arm with
+    the larger values is the better one."""
+    score = MetricSpec("score", "score", "score", None, Direction.HIGHER, Role.HEADLINE)
+    data = synthetic_sweep({"reverse_kl": 1.0, "pearson": 2.0, "jeffreys": -1.0}, headline=score)
+    summary = summarise(data)
+    comparison = compare(data, order_labels(data, summary)).set_index("label")
+    assert set(comparison.scale) == {"difference"}
+    assert comparison.loc["pearson", "verdict"] == "better"
+    assert comparison.loc["jeffreys", "verdict"] == "worse"
+    assert paired_table(comparison.reset_index())[0][2] == "difference to reverse_kl"
+
+
+def test_no_detectable_difference_between_arms_that_differ_only_by_noise():
+    data = synthetic_sweep({"reverse_kl": 1.0, "jensen_shannon": 1.0}, seeds=10)
+    summary = summarise(data)
+    comparison = compare(data, order_labels(data, summary))
+    assert list(comparison.verdict) in (["reference", "no detectable difference"],
+                                        ["no detectable difference", "reference"])
+    lines = verdict_lines(data, comparison)
+    assert lines[0] == ("No arm differs detectably from reverse_kl on FD (n=512) (two-sided "
+                        "sign-flip permutation test on per-seed log-ratios, Holm over 1 arm, "
+                        "α = 0.05, 10 paired seeds).")
+    assert "not evidence that arms are equal" in lines[-1]
+
+
+def test_without_a_reference_arm_nothing_is_claimed():
+    data = synthetic_sweep({"pearson": 1.0, "neyman": 2.0})
+    summary = summarise(data)
+    comparison = compare(data, order_labels(data, summary))
+    assert verdict_lines(data, comparison) == [
+        "No reverse_kl arm in this sweep: arms are not compared on FD (n=512)."]
+    assert paired_table(comparison)[1] == []
+    assert "vs reverse_kl" not in " ".join(comparison_table(data, summary, comparison)[0])
+

@@ -1,12 +1,16 @@
 """``bench report``: a sweep's runs from MLflow -> tables, charts and pages in ``reports/<sweep>/``.
 
-The sweep is read back from MLflow (:mod:`bench.report.reading`), summarised over seeds
-(:mod:`bench.report.tables`), drawn (:mod:`bench.report.charts`) and written out as pages
+The sweep is read back from MLflow (:mod:`bench.report.reading`), summarised over seeds and
+compared with the reference arm (:mod:`bench.report.tables`, with the statistics of
+:mod:`bench.report.stats`), drawn (:mod:`bench.report.charts`) and written out as pages
 (:mod:`bench.report.pages`); :func:`build_report` runs those steps in order.
 
 Files written: ``README.md`` (renders on GitHub), ``index.html`` (self-contained, images
 embedded), ``summary.csv`` (per generator and metric: mean, std, n), ``results.csv`` (one row per
-run and metric), ``provenance.json``, and each chart as PNG and SVG.
+run and metric), ``comparison.csv`` (per generator: the headline metric's bootstrap interval and
+its comparison with the reference arm, paired by seed: ratio or difference, p, Holm-adjusted p,
+verdict, P(rank first); see :mod:`bench.report.stats`), ``provenance.json``, and each chart as
+PNG and SVG.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ from pathlib import Path
 from bench.report.charts import draw_charts
 from bench.report.pages import FORMATS, write_html, write_markdown, write_provenance
 from bench.report.reading import ReportError, find_parent, load_sweep
-from bench.report.tables import comparison_table, order_labels, ranking, summarise, write_csvs
+from bench.report.tables import (
+    compare,
+    comparison_table,
+    method_note,
+    order_labels,
+    paired_table,
+    summarise,
+    verdict_lines,
+    write_csvs,
+)
 from bench.tracking import open_store, resolve_tracking_uri
 
 __all__ = ["FORMATS", "ReportError", "build_report"]
@@ -48,12 +61,15 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
 
     summary = summarise(data)
-    charts = draw_charts(data, summary, order_labels(data, summary), client, out)
-    write_csvs(data, summary, out)
+    labels = order_labels(data, summary)
+    comparison = compare(data, labels)
+    charts = draw_charts(data, summary, labels, client, out)
+    write_csvs(data, summary, comparison, out)
     prov = write_provenance(data, client, out)
-    table, notes = comparison_table(data, summary), ranking(data, summary)
+    table, paired = comparison_table(data, summary, comparison), paired_table(comparison)
+    notes, method = verdict_lines(data, comparison), method_note(comparison)
     if "md" in formats:
-        write_markdown(data, table, notes, charts, prov, out)
+        write_markdown(data, table, paired, notes, method, charts, prov, out)
     if "html" in formats:
-        write_html(data, table, notes, charts, prov, out)
+        write_html(data, table, paired, notes, method, charts, prov, out)
     return out

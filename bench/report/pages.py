@@ -17,11 +17,13 @@ from mlflow.tracking import MlflowClient
 
 from bench.report.charts import CHART_CAPTIONS
 from bench.report.reading import SweepData
-from bench.report.tables import Table, html_table, markdown_table
+from bench.report.stats import min_seeds
+from bench.report.tables import CI, CONFIDENCE, REFERENCE, Table, html_table, markdown_table
 from bench.tracking import EXPERIMENT_PATH_TAG
 from dibregman.run import PROVENANCE_FILE, git_revision
 
 FORMATS = ("md", "html")
+COMPARISON_HEADING = f"vs {REFERENCE} (paired by seed)"
 PACKAGES = ("dibregman", "torch", "ray", "mlflow", "optuna", "pandas", "matplotlib", "clean-fid",
             "numpy")
 
@@ -71,41 +73,51 @@ def write_provenance(data: SweepData, client: MlflowClient, out: Path) -> dict[s
 def _intro(data: SweepData, prov: dict[str, Any]) -> str:
     """The pages' opening paragraph: the sweep, its runs by status, and how to read the table."""
     counts = data.runs.status.value_counts().to_dict()
+    top = data.headline
+    enough = min_seeds(1 - CONFIDENCE)
     return (f"Sweep `{data.name}` (spec `{prov['spec_path']}`, hash `{prov['spec_hash']}`): "
             f"{len(data.runs)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
             f"preset `{data.parent.data.tags.get('sweep.preset')}`. "
-            f"Each cell is the mean ± std over seeds of the finished runs; **bold** is the best "
-            f"of its column by the metric's declared direction. Generators are ranked by the "
-            f"headline metric, {data.headline.label} ({data.headline.direction} is better); "
-            f"{data.headline.label} / reverse_kl is the ratio of its means, starred (*) when the "
-            f"gap exceeds the two seed spreads added.")
+            f"Each cell is the mean ± std over seeds of the finished runs; {top.label} {CI} is "
+            f"the expanded-percentile bootstrap interval of its mean over seeds, shown from "
+            f"{enough} seeds (below that no interval reaches {CONFIDENCE * 100:g} % coverage). "
+            f"Rows are ordered by the mean of the headline metric, {top.label} "
+            f"({top.direction} is better), and **bold** marks the best mean of its column: both "
+            f"describe these seeds only. Which arms differ from {REFERENCE} is said by the last "
+            f"column's verdict, from the paired comparison below.")
 
 
-def write_markdown(data: SweepData, table: Table, notes: list[str], charts: list[str],
-                   prov: dict[str, Any], out: Path) -> None:
-    """Write ``README.md`` into ``out``: intro, table, ranking, charts, provenance links.
+def write_markdown(data: SweepData, table: Table, paired: Table, notes: list[str], method: str,
+                   charts: list[str], prov: dict[str, Any], out: Path) -> None:
+    """Write ``README.md`` into ``out``: intro, table, the comparison with the reference
+    (verdicts, table, method), charts, provenance links.
 
     Args:
         data: the sweep.
         table: header, rows and best-in-column mask
             (:func:`bench.report.tables.comparison_table`).
-        notes: the ranking lines (:func:`bench.report.tables.ranking`).
+        paired: the comparison with the reference (:func:`bench.report.tables.paired_table`).
+        notes: the verdicts in words (:func:`bench.report.tables.verdict_lines`).
+        method: how to read ``paired`` (:func:`bench.report.tables.method_note`).
         charts: the charts' PNG file names in ``out``, in page order.
         prov: the sweep's :func:`provenance`.
         out: the report directory.
     """
     parts = [f"# Report: {data.name}", _intro(data, prov), markdown_table(*table),
-             "## Ranking", "\n".join(f"- {line}" for line in notes)]
+             f"## {COMPARISON_HEADING}", "\n".join(f"- {line}" for line in notes)]
+    if paired[1]:
+        parts += [markdown_table(*paired), method]
     parts += [f"## {CHART_CAPTIONS[c[:-4]]}\n\n![{CHART_CAPTIONS[c[:-4]]}]({c})"
               for c in charts]
     parts.append(f"Provenance: [provenance.json](provenance.json) · per-run numbers: "
                  f"[results.csv](results.csv) · summary: [summary.csv](summary.csv) · "
+                 f"comparison: [comparison.csv](comparison.csv) · "
                  f"built {prov['built_at']} from `{prov['tracking_uri']}`.")
     (out / "README.md").write_text("\n\n".join(parts) + "\n")
 
 
-def write_html(data: SweepData, table: Table, notes: list[str], charts: list[str],
-               prov: dict[str, Any], out: Path) -> None:
+def write_html(data: SweepData, table: Table, paired: Table, notes: list[str], method: str,
+               charts: list[str], prov: dict[str, Any], out: Path) -> None:
     """Write ``index.html`` into ``out``: the Markdown page's content with the charts embedded
     as base64 PNGs and the provenance inline.
 
@@ -113,7 +125,9 @@ def write_html(data: SweepData, table: Table, notes: list[str], charts: list[str
         data: the sweep.
         table: header, rows and best-in-column mask
             (:func:`bench.report.tables.comparison_table`).
-        notes: the ranking lines (:func:`bench.report.tables.ranking`).
+        paired: the comparison with the reference (:func:`bench.report.tables.paired_table`).
+        notes: the verdicts in words (:func:`bench.report.tables.verdict_lines`).
+        method: how to read ``paired`` (:func:`bench.report.tables.method_note`).
         charts: the charts' PNG file names in ``out``, in page order.
         prov: the sweep's :func:`provenance`.
         out: the report directory.
@@ -130,8 +144,10 @@ def write_html(data: SweepData, table: Table, notes: list[str], charts: list[str
         "padding:3px 6px;text-align:right}td:first-child{text-align:left}"
         ".best{font-weight:bold;background:#e6f4ea}img{max-width:100%}</style></head><body>"
         f"<h1>Report: {html.escape(data.name)}</h1><p>{html.escape(_intro(data, prov))}</p>"
-        f"{html_table(*table)}<h2>Ranking</h2><ul>"
+        f"{html_table(*table)}<h2>{html.escape(COMPARISON_HEADING)}</h2><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in notes)
-        + f"</ul>{images}<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}"
+        + "</ul>"
+        + (f"{html_table(*paired)}<p>{html.escape(method)}</p>" if paired[1] else "")
+        + f"{images}<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}"
         "</pre></body></html>")
     (out / "index.html").write_text(page)

@@ -1,8 +1,11 @@
-"""The report's numbers: per-generator summaries over seeds, the comparison table, the ranking,
-the CSV files, and the table rendered as Markdown or HTML.
+"""The report's numbers: per-generator summaries over seeds, the main table, the paired
+comparison with the reference arm and its verdicts, the CSV files, and tables rendered as
+Markdown or HTML.
 
-Every number in the tables is a mean ± standard deviation over seeds of the finished runs'
-final metrics.
+The main table's cells are means ± standard deviations over seeds of the finished runs' final
+metrics, plus a bootstrap interval of the headline metric's mean. Claims about arms — better or
+worse than the reference — come only from :func:`compare`: per-seed paired tests with a Holm
+adjustment (:mod:`bench.report.stats` has the methods and references).
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.report import stats
 from bench.report.reading import SweepData
-from dibregman.results import Direction, Role, Status
+from dibregman.results import Direction, Status
 
 REFERENCE = "reverse_kl"
+ALPHA = 0.05  # family-wise error rate of the comparisons with the reference
+CONFIDENCE = 0.95  # level of the bootstrap intervals
+CI = f"{CONFIDENCE * 100:g} % CI"
 
 Table = tuple[list[str], list[list[str]], list[list[bool]]]
 """Header, rows and a same-shaped "best in column" mask."""
@@ -60,80 +67,263 @@ def fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def comparison_table(data: SweepData, summary: pd.DataFrame) -> Table:
-    """Header, rows and a same-shaped "best in column" mask of the main table."""
-    stats = summary.set_index(["label", "metric"])
+def per_seed(data: SweepData, label: str, key: str) -> pd.Series:
+    """The finished runs' values of metric ``key`` for ``label``, one per seed (indexed by
+    seed; runs that share a label and a seed — a grid over another setting — are averaged, so
+    the seed stays the unit that is paired and resampled)."""
+    runs = data.runs[(data.runs.status == Status.FINISHED) & (data.runs.label == label)]
+    return runs.groupby("seed")[key].mean().dropna()
+
+
+COMPARISON_COLUMNS = ["label", "metric", "reference", "scale", "n_seeds", "mean", "ci_low",
+                      "ci_high", "n_pairs", "estimate", "estimate_ci_low", "estimate_ci_high",
+                      "p_value", "p_holm", "verdict", "p_rank_first"]
+"""``comparison.csv``: per label, the headline metric's mean over seeds with its bootstrap
+interval (NaN below :func:`bench.report.stats.min_seeds` seeds), the paired comparison with the
+reference (``estimate``: geometric-mean ratio or mean difference, by ``scale``; its interval;
+raw and Holm-adjusted p), the verdict, and P(rank first)."""
+
+REFERENCE_VERDICT = "reference"
+NO_REFERENCE = "no reference arm"
+
+
+def compare(data: SweepData, labels: list[str], reference: str = REFERENCE,
+            alpha: float = ALPHA, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Every label against ``reference`` on the headline metric, paired by seed.
+
+    Per label: the mean over its finished seeds and its expanded-percentile bootstrap interval
+    (:func:`bench.report.stats.bootstrap_ci`, withheld below ``min_seeds(1 - confidence)``
+    seeds); the paired comparison with the reference
+    (:func:`bench.report.stats.paired_comparison`) on log-ratios when every finished value of
+    the metric in the sweep is > 0, else on differences (one scale for the whole table); the
+    p-values Holm-adjusted over all labels with ≥ 2 paired seeds
+    (:func:`bench.report.stats.holm`); the verdict by the metric's declared direction
+    (:func:`bench.report.stats.verdict`; "too few seeds" below 2 pairs); and P(rank first) over
+    all labels with ≥ 2 seeds (:func:`bench.report.stats.probability_of_rank_first`), withheld
+    (NaN) unless each of them has ``min_seeds(1 - confidence)`` seeds.
+
+    Args:
+        data: the sweep.
+        labels: the rows, in display order (:func:`order_labels`).
+        reference: the arm the others are compared with.
+        alpha: family-wise error rate of the verdicts.
+        confidence: level of the intervals.
+
+    Returns:
+        One row per label with :data:`COMPARISON_COLUMNS`.
+    """
+    top = data.headline
+    values = {label: per_seed(data, label, top.key) for label in labels}
+    finished = pd.concat([v for v in values.values() if len(v)] or [pd.Series(dtype=float)])
+    scale = stats.LOG_RATIO if len(finished) and bool((finished > 0).all()) else \
+        stats.DIFFERENCE
+    has_reference = reference in values
+    enough = stats.min_seeds(1 - confidence)
+    shares = stats.probability_of_rank_first({k: v.to_numpy() for k, v in values.items()},
+                                             top.direction)
+    if any(2 <= len(v) < enough for v in values.values()):
+        # resampled means of n < 6 seeds stay inside their range: the shares would look surer
+        # than any rerun bears out, as the intervals would
+        shares = dict.fromkeys(shares, np.nan)
+    rows = []
+    for label in labels:
+        v = values[label]
+        low, high = stats.bootstrap_ci(v.to_numpy(), confidence) if len(v) >= enough else \
+            (np.nan, np.nan)
+        row = {"label": label, "metric": top.key, "reference": reference if has_reference
+               else "", "scale": scale if has_reference else "", "n_seeds": len(v),
+               "mean": v.mean() if len(v) else np.nan, "ci_low": low, "ci_high": high,
+               "n_pairs": 0, "estimate": np.nan, "estimate_ci_low": np.nan,
+               "estimate_ci_high": np.nan, "p_value": np.nan, "p_holm": np.nan, "effect": np.nan,
+               "verdict": NO_REFERENCE, "p_rank_first": shares[label]}
+        if has_reference and label == reference:
+            row.update(n_pairs=len(v))
+        elif has_reference:
+            pair = stats.paired_comparison(v, values[reference], scale=scale,
+                                           confidence=confidence)
+            row.update(n_pairs=pair.n_pairs, estimate=pair.estimate, effect=pair.effect,
+                       p_value=pair.p_value)
+            if pair.n_pairs >= enough:
+                row.update(estimate_ci_low=pair.ci_low, estimate_ci_high=pair.ci_high)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*COMPARISON_COLUMNS, "effect"])
+    if has_reference:
+        frame["p_holm"] = stats.holm(frame["p_value"].to_numpy())
+        frame["verdict"] = [
+            REFERENCE_VERDICT if row.label == reference else
+            stats.verdict(row.p_holm, row.effect, top.direction, alpha)
+            for row in frame.itertuples()]
+    return frame.drop(columns="effect")
+
+
+def fmt_p(p: float) -> str:
+    """A p-value: 2 significant digits, ``–`` when there is none."""
+    return f"{p:.2g}" if p is not None and np.isfinite(p) else "–"
+
+
+def fmt_ci(low: float, high: float) -> str:
+    """``[low, high]``, or ``–`` when the interval is withheld."""
+    return f"[{fmt(low)}, {fmt(high)}]" if np.isfinite(low) and np.isfinite(high) else "–"
+
+
+def comparison_table(data: SweepData, summary: pd.DataFrame, comparison: pd.DataFrame) -> Table:
+    """Header, rows and a same-shaped "best in column" mask of the main table: mean ± std of
+    every declared column, the headline's bootstrap interval beside it, run counts by ending,
+    and (with a reference arm) the verdict against it from ``comparison`` (:func:`compare`)."""
+    summary_stats = summary.set_index(["label", "metric"])
+    compared = comparison.set_index("label")
     counts = data.runs.groupby("label").status.value_counts().unstack(fill_value=0)
     reference = REFERENCE if REFERENCE in set(data.runs.label) else None
-    top_key = data.headline.key
+    top = data.headline
     ended = [str(Status.DIVERGED), str(Status.FAILED)]
-    header = ["generator", "seeds", *[c.label for c in data.columns], *ended]
+    header = ["generator", "seeds"]
+    for column in data.columns:
+        header.append(column.label)
+        if column is top:
+            header.append(f"{top.label} {CI}")
+    header += ended
     if reference:
-        header.append(f"{data.headline.label} / {reference}")
+        header.append(f"{top.label} vs {reference}")
     labels = order_labels(data, summary)
     best = {}
     for column in data.columns:
-        means = [stats["mean"].get((label, column.key), np.nan) for label in labels]
+        means = [summary_stats["mean"].get((label, column.key), np.nan) for label in labels]
         finite = [m for m in means if np.isfinite(m)]
         best[column.key] = (min(finite) if column.direction is Direction.LOWER
                             else max(finite)) if finite else None
+    enough = stats.min_seeds(1 - CONFIDENCE)
     rows, marks = [], []
     for label in labels:
-        n = int(stats["n"].get((label, top_key), 0))
+        n = int(summary_stats["n"].get((label, top.key), 0))
         row, mark = [label, str(n)], [False, False]
         for column in data.columns:
-            mean = stats["mean"].get((label, column.key), np.nan)
-            std = stats["std"].get((label, column.key), np.nan)
+            mean = summary_stats["mean"].get((label, column.key), np.nan)
+            std = summary_stats["std"].get((label, column.key), np.nan)
             row.append(fmt(mean) + (f" ± {fmt(std)}" if np.isfinite(std) else ""))
             mark.append(best[column.key] is not None and mean == best[column.key])
+            if column is top:
+                seeds = int(compared.n_seeds.get(label, 0))
+                row.append(fmt_ci(compared.ci_low.get(label, np.nan),
+                                  compared.ci_high.get(label, np.nan))
+                           if seeds >= enough or seeds == 0 else f"needs ≥ {enough} seeds")
+                mark.append(False)
         row += [str(counts.get(status, {}).get(label, 0)) for status in ended]
         mark += [False, False]
         if reference:
-            row.append(_relative(stats, label, reference, top_key))
+            row.append(str(compared.verdict.get(label, stats.TOO_FEW)))
             mark.append(False)
         rows.append(row)
         marks.append(mark)
     return header, rows, marks
 
 
-def _relative(stats: pd.DataFrame, label: str, reference: str, key: str) -> str:
-    """``mean / mean_ref``, starred when the gap exceeds the two seed spreads added."""
-    mean, ref = stats["mean"].get((label, key), np.nan), stats["mean"].get((reference, key), np.nan)
-    if not (np.isfinite(mean) and np.isfinite(ref)) or ref == 0:
-        return "–"
-    if label == reference:
-        return "1"
-    spread = np.nan_to_num(stats["std"].get((label, key), np.nan)) + np.nan_to_num(
-        stats["std"].get((reference, key), np.nan))
-    significant = abs(mean - ref) > spread and spread > 0
-    return f"{mean / ref:.3g}" + (" *" if significant else "")
+def paired_table(comparison: pd.DataFrame) -> Table:
+    """The comparison with the reference as a table: per label the paired seeds, the
+    geometric-mean ratio (or mean difference) with its interval, raw and Holm-adjusted p, the
+    verdict, and P(rank first). No mask: nothing is bold. No rows without a reference arm."""
+    reference = next((r for r in comparison.reference if r), REFERENCE)
+    ratio = (comparison.scale == stats.LOG_RATIO).any()
+    effect = f"ratio to {reference}" if ratio else f"difference to {reference}"
+    header = ["generator", "paired seeds", effect, CI, "p", "p (Holm)", "verdict",
+              "P(rank first)"]
+    if not (comparison.verdict != NO_REFERENCE).any():
+        return header, [], []
+    rows = []
+    for row in comparison.itertuples():
+        is_reference = row.label == reference
+        rows.append([row.label, str(row.n_pairs),
+                     ("1" if ratio else "0") if is_reference else fmt(row.estimate),
+                     "–" if is_reference else fmt_ci(row.estimate_ci_low, row.estimate_ci_high),
+                     fmt_p(row.p_value), fmt_p(row.p_holm), row.verdict,
+                     f"{row.p_rank_first:.2f}" if np.isfinite(row.p_rank_first) else "–"])
+    return header, rows, [[False] * len(header) for _ in rows]
 
 
-def ranking(data: SweepData, summary: pd.DataFrame) -> list[str]:
-    """One line per quality column: the best and worst generator by mean."""
+def _seeds_text(counts: list[int]) -> str:
+    low, high = min(counts), max(counts)
+    return f"{low} paired seeds" if low == high else f"{low}–{high} paired seeds"
+
+
+def verdict_lines(data: SweepData, comparison: pd.DataFrame, alpha: float = ALPHA) -> list[str]:
+    """The report's claims about arms, in words: only what the verdicts of ``comparison``
+    (:func:`compare`) support, with the test, the adjustment, α and the number of seeds, and
+    what the seed count could have detected at all."""
+    top = data.headline
+    if not (comparison.verdict != NO_REFERENCE).any():
+        return [f"No {REFERENCE} arm in this sweep: arms are not compared on {top.label}."]
+    arms = comparison[comparison.verdict != REFERENCE_VERDICT]
+    tested = arms[arms.p_holm.notna()]
+    too_few = arms[arms.p_holm.isna()]
     lines = []
-    stats = summary.pivot(index="label", columns="metric", values="mean")
-    for column in data.columns:
-        if column.role is Role.COST:
-            continue
-        if column.key not in stats or stats[column.key].dropna().empty:
-            continue
-        ranked = stats[column.key].dropna().sort_values(
-            ascending=column.direction is Direction.LOWER)
-        lines.append(f"{column.label}: best {ranked.index[0]} ({fmt(ranked.iloc[0])}), "
-                     f"worst {ranked.index[-1]} ({fmt(ranked.iloc[-1])})")
+    if tested.empty:
+        lines.append(f"No arm has 2 or more seeds paired with {REFERENCE}: no arm is compared "
+                     f"on {top.label}.")
+    else:
+        scale = tested.scale.iloc[0]
+        how = (f"two-sided sign-flip permutation test on per-seed "
+               f"{'log-ratios' if scale == stats.LOG_RATIO else 'differences'}, Holm over "
+               f"{len(tested)} arm{'s' if len(tested) > 1 else ''}, α = {alpha:g}, "
+               f"{_seeds_text(list(tested.n_pairs))}")
+        better = tested[tested.verdict == stats.BETTER]
+        worse = tested[tested.verdict == stats.WORSE]
+        if better.empty and worse.empty:
+            lines.append(f"No arm differs detectably from {REFERENCE} on {top.label} ({how}).")
+        else:
+            unit = "ratio" if scale == stats.LOG_RATIO else "difference"
+            for word, part in ((stats.BETTER, better), (stats.WORSE, worse)):
+                if len(part):
+                    names = ", ".join(f"{r.label} ({unit} {fmt(r.estimate)}, p (Holm) = "
+                                      f"{fmt_p(r.p_holm)})" for r in part.itertuples())
+                    lines.append(f"Detectably {word} than {REFERENCE} on {top.label} "
+                                 f"({top.direction} is better; {how}): {names}.")
+            rest = tested[tested.verdict == stats.NO_DIFFERENCE]
+            if len(rest):
+                lines.append(f"No detectable difference from {REFERENCE}: "
+                             f"{', '.join(rest.label)}.")
+        needed = stats.min_seeds(alpha, len(tested))
+        most = int(tested.n_pairs.max())
+        if most < needed:
+            lines.append(f"With {most} paired seeds the smallest attainable p is "
+                         f"{2.0 ** (1 - most):.2g}: no difference could have been detected; "
+                         f"Holm over {len(tested)} arm{'s' if len(tested) > 1 else ''} at "
+                         f"α = {alpha:g} needs ≥ {needed} paired seeds.")
+        if (tested.verdict == stats.NO_DIFFERENCE).any():
+            lines.append("“No detectable difference” is not evidence that arms are equal.")
+    if len(too_few):
+        names = ", ".join(f"{r.label} ({r.n_pairs} paired)" for r in too_few.itertuples())
+        lines.append(f"Too few seeds paired with {REFERENCE} for a verdict: {names}.")
     return lines
 
 
-def write_csvs(data: SweepData, summary: pd.DataFrame, out: Path) -> None:
-    """``summary.csv`` (per label and metric: mean, std, n) and ``results.csv`` (one row per
-    run and metric that has a value) into ``out``."""
+def method_note(comparison: pd.DataFrame, alpha: float = ALPHA) -> str:
+    """How to read :func:`paired_table`: the statistics behind each column."""
+    ratio = (comparison.scale == stats.LOG_RATIO).any()
+    enough = stats.min_seeds(1 - CONFIDENCE)
+    effect = ("Ratio: geometric mean over paired seeds of the arm's value / the reference's"
+              if ratio else "Difference: mean over paired seeds of the arm's value minus the "
+              "reference's")
+    return (f"Runs with the same seed share initialisation and latents, so arms are compared "
+            f"seed by seed. {effect}, with its {CONFIDENCE * 100:g} % expanded-percentile "
+            f"bootstrap interval (shown from {enough} pairs). p: two-sided sign-flip "
+            f"permutation test (exact up to 13 pairs); p (Holm): adjusted over all arms "
+            f"compared; verdict at α = {alpha:g} by the metric's declared direction. "
+            f"P(rank first): share of {stats.N_BOOTSTRAP:,} bootstrap resamples of each arm's "
+            f"seeds in which its mean is the best — how settled the order is, not a test; "
+            f"shown when every arm has ≥ {enough} seeds.")
+
+
+def write_csvs(data: SweepData, summary: pd.DataFrame, comparison: pd.DataFrame,
+               out: Path) -> None:
+    """``summary.csv`` (per label and metric: mean, std, n), ``results.csv`` (one row per
+    run and metric that has a value) and ``comparison.csv`` (:data:`COMPARISON_COLUMNS`) into
+    ``out``."""
     summary.to_csv(out / "summary.csv", index=False)
     metric_keys = [c.key for c in data.columns]
     data.runs.melt(id_vars=["run_id", "run_name", "label", "generator", "alpha", "seed",
                             "status"], value_vars=metric_keys, var_name="metric",
                    value_name="value").dropna(subset=["value"]).to_csv(out / "results.csv",
                                                                         index=False)
+    comparison.to_csv(out / "comparison.csv", index=False)
 
 
 def markdown_table(header: list[str], rows: list[list[str]], marks: list[list[bool]]) -> str:
