@@ -1,6 +1,7 @@
 """Image teachers and students: DSM training, the Heun sampler, student initialisation, runs."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -139,17 +140,35 @@ def test_student_starts_as_the_teachers_one_step_denoiser():
 @pytest.mark.parametrize(("generator", "estimator"), [("reverse_kl", "classifier"),
                                                       ("pearson", "ulsif")])
 def test_digits_tiny_run_end_to_end(tmp_path, generator, estimator):
+    """A digits run ends with every declared final metric, finite; a class coverage that counts
+    classes; its samples picture; and a student whose FD moved away from its step-0 value."""
     cfg = tiny_digits(**{"generator.name": generator, "ratio.estimator": estimator})
     result = run_experiment(cfg, tmp_path)
     assert result.status == "finished"
+
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    declared = {m["key"]: m for m in provenance["metrics"]}
+    final_keys = {k for k, m in declared.items() if m["stage"] == "final" and m["role"] != "cost"}
     assert {"fd_cls_n512", "precision_cls_k3_n256", "recall_cls_k3_n256",
-            "class_coverage_n512"} <= set(result.metrics)
-    assert 0 <= result.metrics["class_coverage_n512"] <= 1
+            "class_coverage_n512"} <= final_keys
+    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert set(final["metrics"]) == set(result.metrics) == final_keys
+    assert all(math.isfinite(v) for v in result.metrics.values()), result.metrics
+    assert all(math.isfinite(final[k]) and final[k] > 0 for k in ("wall_time_s", "steps_per_s"))
+    coverage = result.metrics["class_coverage_n512"]
+    assert 0 <= coverage <= 1 and coverage * 10 == pytest.approx(round(coverage * 10))  # k/10
+
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
-    assert "fd_cls_n256" in records[0] and "weight_max" in records[-1]
-    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
-    protocol = json.loads((tmp_path / "provenance.json").read_text())["metric_protocol"]
-    assert "domain classifier" in protocol["fd_cls"]
+    assert records[0]["step"] == 0 and records[-1]["step"] == cfg.train.generator_steps
+    assert "weight_max" in records[-1]
+    assert declared["fd_cls_n256"]["stage"] == "curve"
+    start, end = records[0]["fd_cls_n256"], records[-1]["fd_cls_n256"]  # same latents
+    assert math.isfinite(start) and math.isfinite(end)
+    assert end != pytest.approx(start, rel=1e-3), "the student did not change"
+
+    picture = tmp_path / "samples.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5_000
+    assert "domain classifier" in provenance["metric_protocol"]["fd_cls"]
 
 
 def test_reverse_kl_identity_holds_on_images():
@@ -164,16 +183,46 @@ def test_reverse_kl_identity_holds_on_images():
     assert all(torch.equal(weighted[k], forced[k]) for k in weighted)
 
 
-def test_compile_option_compiles_every_network_in_place():
-    cfg = tiny_digits(compile=True)
-    teacher = teacher_for(cfg)
+def test_compile_option_compiles_every_network_in_place(monkeypatch):
+    """``compile=true`` compiles the student, the fake score, the ratio network and the teacher
+    network in place, and a training step runs each through its compiled call.
+
+    Observed through public API only: ``nn.Module.compile`` is documented to compile the
+    module's ``__call__`` with ``torch.compile`` (arguments passed as-is) and to route later
+    calls of the module through the result. ``torch.compile`` is replaced by a stand-in that
+    records which module's call it was given and returns an eager wrapper that records each call
+    (no compile time, and no reading of ``_compiled_call_impl``). "In place": the compiled
+    objects are the ones the Distiller and the teacher hold, with unchanged state-dict keys
+    (``torch.compile(module)`` would return a wrapper with ``_orig_mod.`` keys).
+    """
+    compiled, called = [], []
+
+    def stand_in(fn, *args, **kwargs):
+        module = fn.__self__  # the bound __call__ of the module being compiled
+        compiled.append(module)
+
+        def call(*a, **k):
+            called.append(module)
+            return fn(*a, **k)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", stand_in)
+    teacher = teacher_for(tiny_digits())
     plain = Distiller(tiny_digits(), teacher)
-    d = Distiller(cfg, teacher)
-    # Compilation itself is lazy (at the first step): wiring only, no compile time here.
-    for module in (d.student, d.fake, d.ratio.network, teacher.network):
-        assert module._compiled_call_impl is not None
-    assert plain.student._compiled_call_impl is None
-    assert d.state_dict()["student"].keys() == plain.state_dict()["student"].keys()
+    assert compiled == []
+    d = Distiller(tiny_digits(compile=True), teacher)
+    networks = {id(m): m for m in (d.student, d.fake, d.ratio.network, teacher.network)}
+    assert len(networks) == 4
+    assert sorted(map(id, compiled)) == sorted(networks)  # each exactly once, nothing else
+    assert all(isinstance(m, torch.nn.Module) for m in networks.values())
+    plain_state, state = plain.state_dict(), d.state_dict()
+    for name in ("student", "student_ema", "fake", "ratio"):
+        assert state[name].keys() == plain_state[name].keys(), name
+    fresh = teacher_for(tiny_digits()).network
+    assert teacher.network.state_dict().keys() == fresh.state_dict().keys()
+    d.step()
+    assert {id(m) for m in called} == set(networks)  # every forward went through its compile
 
 
 @pytest.mark.slow  # its domain classifier trains on 5,000 28x28 images first (a minute)

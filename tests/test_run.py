@@ -1,13 +1,18 @@
 """run_experiment: the files of a run, resume, divergence as a result."""
 
 import json
+import math
 
 import pytest
 import torch
+from PIL import Image
 
 from dibregman.config import to_dict, with_overrides
+from dibregman.distill import Distiller
+from dibregman.metrics import mode_stats
 from dibregman.presets import get_preset
 from dibregman.run import run_experiment
+from dibregman.teachers import teacher_for
 
 
 def tiny(**overrides):
@@ -82,7 +87,46 @@ def test_divergence_is_a_result(tmp_path):
 
 
 def test_gmm16d_tiny_runs_with_its_projection_picture(tmp_path):
-    result = run_experiment(with_overrides(get_preset("gmm16d-tiny"), {}), tmp_path)
+    """A 16-d run: its projection picture is a real PNG, its final metrics are exactly the
+    declared ones, and the mode statistics are those of its final samples."""
+    cfg = with_overrides(get_preset("gmm16d-tiny"), {})
+    result = run_experiment(cfg, tmp_path)
     assert result.status == "finished"
-    assert result.metrics["modes_covered_n512"] <= 10
-    assert (tmp_path / "samples.png").exists()
+
+    picture = tmp_path / "samples.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000
+    with Image.open(picture) as image:
+        image.verify()  # chunks and checksums
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and min(image.size) >= 200
+        low_high = image.convert("L").getextrema()
+    assert low_high[1] - low_high[0] > 100  # a drawing, not a blank canvas
+
+    declared = json.loads((tmp_path / "provenance.json").read_text())["metrics"]
+    final_keys = {m["key"] for m in declared if m["stage"] == "final"}
+    costs = {m["key"] for m in declared if m["role"] == "cost"}
+    assert costs == {"wall_time_s", "steps_per_s"} and costs <= final_keys
+    final = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert set(final["metrics"]) == set(result.metrics) == final_keys - costs
+    assert all(math.isfinite(final[key]) and final[key] > 0 for key in costs)
+
+    metrics = result.metrics
+    assert math.isfinite(metrics["fd_n512"]) and metrics["fd_n512"] > 0
+    covered, off_mode = metrics["modes_covered_n512"], metrics["off_mode_n512"]
+    teacher = teacher_for(cfg)
+    assert covered == int(covered) and 0 <= covered <= len(teacher.weights) == 10
+    assert 0 <= off_mode <= 1 and 0 <= metrics["mode_tv_n512"] <= 1
+    # The same numbers again from the final EMA student (the last checkpoint) on the
+    # evaluation latents: the FD and the mode statistics belong to the samples drawn.
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
+    assert state["distiller"]["generator_step"] == cfg.train.generator_steps
+    distiller = Distiller(cfg, teacher)
+    distiller.load_state_dict(state["distiller"])
+    samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed)
+    assert teacher.build_evaluator(cfg).final(samples) == pytest.approx(metrics)
+    stats = mode_stats(samples, teacher.means, teacher.stds, teacher.weights)
+    assert covered == stats.covered
+    assert off_mode == pytest.approx(stats.off_mode_fraction)
+    assert metrics["mode_tv_n512"] == pytest.approx(stats.weight_tv)
+    on_mode = int(stats.counts.sum())
+    assert on_mode == round((1 - off_mode) * cfg.eval.n_final)
