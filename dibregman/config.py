@@ -79,6 +79,28 @@ class ImageTeacherConfig:
 
 
 @dataclass(frozen=True)
+class MixtureConfig:
+    """The ``mixture`` teacher: isotropic Gaussians of one ``std``, defined by config alone.
+
+    ``layout``: ``ring`` (2-D, angles ``2 pi k / modes`` from 0, radius ``scale``), ``grid`` (2-D,
+    ``sqrt(modes)``-square, spacing ``scale``, centred), ``random`` (means ``scale * N(0, I_dim)``
+    from ``torch.Generator(seed)``) or ``explicit`` (``means``: ``modes x dim``, row by row).
+    ``weights``: one per mode, normalised; empty: ``w_k ∝ weight_decay^k`` (1 = equal).
+    """
+
+    layout: str = "ring"
+    modes: int = 8
+    dim: int = 2
+    std: float = 0.2
+    scale: float = 2.0
+    weights: tuple[float, ...] = ()
+    weight_decay: float = 1.0
+    means: tuple[float, ...] = ()
+    seed: int = 0
+    sigma_max: float = 20.0
+
+
+@dataclass(frozen=True)
 class RatioConfig:
     """Density-ratio estimation ``r = q_student / p_teacher`` and weight hygiene
     (docs/method.md §5).
@@ -207,8 +229,8 @@ class Config:
 
     Attributes:
         preset: the preset this config started from (provenance only).
-        teacher: teacher registry name (``gmm2d``, ``gmm16d``, ``image`` or a plugin's; see
-            :mod:`dibregman.teachers.registry`).
+        teacher: teacher registry name (``mixture``: the Gaussian mixture of ``mixture``;
+            ``image``; or a plugin's; see :mod:`dibregman.teachers.registry`).
         seed: repetition seed: networks, latents and noise all derive from it.
         log_every: write a diagnostics record every this many generator steps.
         checkpoint_every: save a resumable checkpoint every this many generator steps.
@@ -224,8 +246,9 @@ class Config:
     """
 
     preset: str = "gmm2d"
-    teacher: str = "gmm2d"
+    teacher: str = "mixture"
     seed: int = 0
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
     image_teacher: ImageTeacherConfig = field(default_factory=ImageTeacherConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     ratio: RatioConfig = field(default_factory=RatioConfig)
@@ -251,11 +274,6 @@ def config_keys(cfg: Config | type[Config] = Config) -> list[str]:
         else:
             keys.append(f.name)
     return keys
-
-
-def _field_type(cfg: Any, name: str) -> Any:
-    hints = typing.get_type_hints(type(cfg))
-    return hints[name]
 
 
 def coerce_value(key: str, value: Any, annotation: Any) -> Any:
@@ -299,12 +317,12 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str):
             return value
         raise bad
-    if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
+    if origin is tuple:  # "a,b", [a, b]; tuple[X, ...] also takes "", [] or () for ()
+        items = (value.split(",") if value.strip() else []) if isinstance(value, str) else value
         args = typing.get_args(annotation)
-        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any non-empty length
+        if len(args) == 2 and args[1] is Ellipsis:
             args = (args[0],) * (len(items) if isinstance(items, (list, tuple)) else 0)
-        if not isinstance(items, (list, tuple)) or not items or len(items) != len(args):
+        if not isinstance(items, (list, tuple)) or len(items) != len(args):
             raise bad
         return tuple(coerce_value(key, v, a) for v, a in zip(items, args, strict=True))
     if origin in (typing.Union, types.UnionType):
@@ -315,7 +333,7 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
 def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is tuple:
         args = typing.get_args(annotation)
-        count = "list" if args[-1] is Ellipsis else f"{len(args)}-tuple"
+        count = "list (maybe empty)" if args[-1] is Ellipsis else f"{len(args)}-tuple"
         return f"a comma-separated {count} of {_type_name(args[0])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
         annotation, str(annotation)
@@ -345,9 +363,9 @@ def _replace_leaf(node: Any, path: list[str], value: Any, key: str) -> Any:
     child = getattr(node, head, None) if head in names else None
     if head not in names or (len(path) > 1) != is_dataclass(child):
         raise ConfigError(f"unknown config key {key!r}; valid: {', '.join(config_keys(Config))}")
-    if len(path) > 1:
-        return replace(node, **{head: _replace_leaf(child, path[1:], value, key)})
-    return replace(node, **{head: coerce_value(key, value, _field_type(node, head))})
+    leaf = (_replace_leaf(child, path[1:], value, key) if len(path) > 1
+            else coerce_value(key, value, typing.get_type_hints(type(node))[head]))
+    return replace(node, **{head: leaf})
 
 
 def flatten(cfg: Config) -> dict[str, Any]:

@@ -5,18 +5,22 @@ imports them at the top: the config schema (:mod:`dibregman.config`) stays a lea
 nothing of the package, and nothing imports in a circle.
 
 A key that does not apply to the chosen teacher's kind is an error rather than a silent no-op
-(a sweep over it would run identical trials): ``net.*`` for image teachers (their student and
-fake score are copies of the teacher's U-Net), ``image_teacher.*``, ``train.sigma_init`` and
-``eval.fid_n`` for vector teachers. Such keys must keep their schema defaults.
+(a sweep over it would run identical trials): ``net.*`` (their student and fake score are
+copies of the teacher's U-Net) and ``mixture.*`` for image teachers, ``image_teacher.*``,
+``train.sigma_init`` and ``eval.fid_n`` for vector teachers. Such keys must keep their schema
+defaults.
 """
 
 from __future__ import annotations
 
+import math
+
 from dibregman.bregman import get_generator
-from dibregman.config import Config, ConfigError, flatten
+from dibregman.config import Config, ConfigError, MixtureConfig, flatten
 from dibregman.data import dataset_names
 from dibregman.ratio import estimator_names
 from dibregman.teachers import TeacherKind, teacher_entry, teacher_names
+from dibregman.teachers.mixture import MIXTURE_LAYOUTS
 
 # Keys (or key prefixes ending in ".") that do not apply to a teacher kind, and why.
 NOT_APPLICABLE: dict[TeacherKind, dict[str, str]] = {
@@ -27,6 +31,7 @@ NOT_APPLICABLE: dict[TeacherKind, dict[str, str]] = {
     },
     TeacherKind.IMAGE: {
         "net.": "image students and fake scores are copies of the teacher's U-Net",
+        "mixture.": "the teacher is a trained image network, not an analytic Gaussian mixture",
     },
 }
 
@@ -71,7 +76,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"unknown image_teacher.dataset {dataset!r}; valid: "
                               f"{', '.join(dataset_names())}, folder:PATH")
     check_applicable(cfg, kind)
-    for ok, message in _range_checks(cfg):
+    for ok, message in [*_range_checks(cfg), *_mixture_checks(cfg.mixture)]:
         if not ok:
             raise ConfigError(message)
 
@@ -106,4 +111,45 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
          "eval sample counts must be >= 16"),
         (ev.pr_k >= 1, "eval.pr_k must be >= 1"),
         (cfg.num_threads >= 0, "num_threads must be >= 0"),
+        (len(cfg.image_teacher.channel_mult) >= 1,
+         "image_teacher.channel_mult must list at least one level multiplier, e.g. 1,2"),
     ]
+
+
+def _mixture_checks(mix: MixtureConfig) -> list[tuple[bool, str]]:
+    """``(holds, message)`` for the ``mixture`` section (every teacher: defaults pass)."""
+    k, d, layout = mix.modes, mix.dim, mix.layout
+    return [
+        (layout in MIXTURE_LAYOUTS,
+         f"bad mixture.layout {layout!r}; valid: {', '.join(MIXTURE_LAYOUTS)}"),
+        (k >= 1, f"mixture.modes={k} must be >= 1"),
+        (d >= 1, f"mixture.dim={d} must be >= 1"),
+        (layout not in ("ring", "grid") or d == 2,
+         f"mixture.dim={d} with mixture.layout={layout!r}: ring and grid are 2-D; "
+         f"valid: mixture.dim=2, or layout random or explicit"),
+        (layout != "grid" or math.isqrt(max(k, 0)) ** 2 == k,
+         f"mixture.modes={k} with mixture.layout='grid' must be a perfect square "
+         f"(4, 9, 16, 25, ...)"),
+        (mix.std > 0, f"mixture.std={mix.std!r} must be > 0"),
+        (layout == "explicit" or mix.scale > 0,
+         f"mixture.scale={mix.scale!r} must be > 0 (ring radius, grid spacing, random spread)"),
+        (mix.weight_decay > 0, f"mixture.weight_decay={mix.weight_decay!r} must be > 0"),
+        (not mix.weights or len(mix.weights) == k,
+         f"mixture.weights={_listed(mix.weights)} has {len(mix.weights)} values; valid: one "
+         f"per mode ({k}), or empty (mixture.weights=) for weights weight_decay^k"),
+        (all(w > 0 for w in mix.weights),
+         f"mixture.weights={_listed(mix.weights)} must all be > 0"),
+        (layout != "explicit" or len(mix.means) == k * d,
+         f"mixture.means has {len(mix.means)} values; mixture.layout='explicit' needs "
+         f"modes x dim = {k} x {d} = {k * d}, flattened row by row"),
+        (layout == "explicit" or not mix.means,
+         f"mixture.means={_listed(mix.means)} applies only to mixture.layout='explicit' (not "
+         f"{layout!r}); leave it empty"),
+        (mix.sigma_max > 0, f"mixture.sigma_max={mix.sigma_max!r} must be > 0"),
+    ]
+
+
+def _listed(values: tuple[float, ...]) -> str:
+    """``0.5,0.5`` (the ``--set`` spelling), shortened after 8 values."""
+    shown = ",".join(f"{v:g}" for v in values[:8])
+    return shown + (f",... ({len(values)} values)" if len(values) > 8 else "")

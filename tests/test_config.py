@@ -52,6 +52,19 @@ def test_round_trip_through_json():
     assert set(flatten(cfg)) == set(config_keys())
 
 
+def test_round_trip_keeps_empty_and_non_empty_tuples():
+    """``tuple[X, ...]`` fields may be empty (``()`` <-> ``[]``); fixed-length ones may not."""
+    cfg = with_overrides(get_preset("gmm2d-tiny"), {"mixture.weights": "", "train.betas": "0.5,0.9",
+                                                    "image_teacher.channel_mult": [1, 2, 2]})
+    data = json.loads(json.dumps(to_dict(cfg)))
+    assert data["mixture"]["weights"] == [] and data["mixture"]["means"] == []
+    assert data["image_teacher"]["channel_mult"] == [1, 2, 2]
+    assert data["train"]["betas"] == [0.5, 0.9]
+    assert from_dict(data) == cfg and from_dict(data).mixture.weights == ()
+    with pytest.raises(ConfigError, match="bad value .* for train.betas"):
+        with_overrides(cfg, {"train.betas": []})
+
+
 def test_every_preset_is_valid_and_has_a_tiny_variant():
     for name in preset_names():
         validate(get_preset(name))
@@ -86,6 +99,7 @@ def test_validate_names_the_problem(override, message):
     ("gmm16d", "image_teacher.steps", "100", "vector"),
     ("gmm2d", "eval.fid_n", "100", "vector"),
     ("digits", "net.hidden", "64", "image"),
+    ("digits", "mixture.modes", "4", "image"),
 ])
 def test_a_key_that_does_not_apply_to_the_teacher_is_an_error_naming_why(preset, key, value,
                                                                         kind):

@@ -1,4 +1,5 @@
-"""The analytic mixture teacher: exact score and denoiser of every noised marginal."""
+"""The analytic mixture teacher: exact score and denoiser of every noised marginal (on the
+two named mixtures of the presets, gmm2d and gmm16d)."""
 
 import math
 
@@ -6,11 +7,13 @@ import pytest
 import torch
 
 from dibregman.config import Config
+from dibregman.presets import get_preset
 from dibregman.teachers import GaussianMixtureTeacher, teacher_for, teacher_names
 
 
-def build_teacher(name: str):
-    return teacher_for(Config(teacher=name))
+def build_teacher(preset: str):
+    """The teacher of a preset (gmm2d, gmm16d: the ``mixture`` teacher of their section)."""
+    return teacher_for(get_preset(preset))
 
 
 @pytest.fixture(params=["gmm2d", "gmm16d"])
@@ -84,7 +87,7 @@ def test_gmm16d_shape():
 
 def test_unknown_teacher_lists_valid_names():
     with pytest.raises(ValueError, match="valid: " + ", ".join(teacher_names())):
-        build_teacher("cifar11")
+        teacher_for(Config(teacher="cifar11"))
 
 
 def test_bad_weights_rejected():
@@ -114,7 +117,7 @@ def test_a_broken_or_clashing_plugin_is_skipped_with_a_warning(monkeypatch):
     from dibregman.teachers import registry
 
     points = [EntryPoint("broken", "no_such_module_xyz:Teacher", registry.ENTRY_POINT_GROUP),
-              EntryPoint("gmm2d", "dibregman.teachers:GaussianMixtureTeacher",
+              EntryPoint("mixture", "dibregman.teachers:GaussianMixtureTeacher",
                          registry.ENTRY_POINT_GROUP)]
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
     monkeypatch.setattr(registry, "entry_points", lambda group: points)
@@ -122,5 +125,5 @@ def test_a_broken_or_clashing_plugin_is_skipped_with_a_warning(monkeypatch):
         names = teacher_names()
     messages = " ".join(str(w.message) for w in caught)
     assert "broken = no_such_module_xyz:Teacher skipped: ModuleNotFoundError" in messages
-    assert "teacher 'gmm2d' is registered already (built-in)" in messages
-    assert "broken" not in names and registry.teacher_entry("gmm2d").source == "built-in"
+    assert "teacher 'mixture' is registered already (built-in)" in messages
+    assert "broken" not in names and registry.teacher_entry("mixture").source == "built-in"

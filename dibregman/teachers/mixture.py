@@ -7,6 +7,10 @@ With ``p = sum_k w_k N(mu_k, s_k^2 I)`` and ``x_sigma = x + sigma n``, the noise
     gamma_k(x)  = w_k N(x; mu_k, (s_k^2 + sigma^2) I) / p_sigma(x),
 
 so ``(D - x) / sigma^2 = -sum_k gamma_k (x - mu_k) / (s_k^2 + sigma^2)`` is the exact score.
+
+The registry's ``mixture`` teacher is built from the config's ``mixture`` section alone
+(:meth:`GaussianMixtureTeacher.from_config`); the ``gmm2d`` and ``gmm16d`` presets are two such
+named mixtures.
 """
 
 from __future__ import annotations
@@ -16,9 +20,31 @@ import math
 import torch
 from torch import Tensor
 
+from dibregman.config import Config, MixtureConfig
 from dibregman.evaluators import MixtureEvaluator
 from dibregman.noise import expand_sigma
+from dibregman.presets import get_preset
 from dibregman.teachers.base import Teacher
+
+MIXTURE_LAYOUTS = ("ring", "grid", "random", "explicit")
+
+
+def mixture_means(mix: MixtureConfig) -> Tensor:
+    """The ``(modes, dim)`` float64 means that ``mix.layout`` places (see ``MixtureConfig``)."""
+    k = mix.modes
+    if mix.layout == "ring":  # angles 2 pi j / k from 0, radius scale
+        angles = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+        return mix.scale * torch.stack([angles.cos(), angles.sin()], dim=1)
+    if mix.layout == "grid":  # side x side points scale apart, centred at 0, row by row
+        side = math.isqrt(k)
+        axis = mix.scale * (torch.arange(side, dtype=torch.float64) - (side - 1) / 2)
+        return torch.cartesian_prod(axis, axis)
+    if mix.layout == "random":  # a private generator: the same positions on every machine
+        rng = torch.Generator().manual_seed(mix.seed)
+        return mix.scale * torch.randn(k, mix.dim, generator=rng, dtype=torch.float64)
+    if mix.layout == "explicit":
+        return torch.tensor(mix.means, dtype=torch.float64).reshape(k, mix.dim)
+    raise ValueError(f"unknown mixture.layout {mix.layout!r}; valid: {', '.join(MIXTURE_LAYOUTS)}")
 
 
 class GaussianMixtureTeacher(Teacher):
@@ -54,6 +80,26 @@ class GaussianMixtureTeacher(Teacher):
         mean = (self.weights[:, None] * self.means).sum(0)
         second = (self.weights * (self.stds**2 * self.shape[0] + (self.means**2).sum(1))).sum()
         self.sigma_data = float(((second - (mean**2).sum()) / self.shape[0]).sqrt())
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> GaussianMixtureTeacher:
+        """The mixture of ``cfg.mixture`` (built on the CPU; :meth:`to` moves nothing)."""
+        return cls.from_mixture(cfg.mixture)
+
+    @classmethod
+    def from_mixture(cls, mix: MixtureConfig) -> GaussianMixtureTeacher:
+        """The mixture a :class:`~dibregman.config.MixtureConfig` defines. Check it with
+        :func:`dibregman.validation.validate` first: this applies only the constructor's checks."""
+        if mix.weights:
+            weights = torch.tensor(mix.weights, dtype=torch.float64)
+        else:
+            weights = mix.weight_decay ** torch.arange(mix.modes, dtype=torch.float64)
+        return cls(
+            mixture_means(mix),
+            torch.full((mix.modes,), mix.std, dtype=torch.float64),
+            weights / weights.sum(),
+            sigma_max=mix.sigma_max,
+        )
 
     def _log_joint(self, x: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor]:
         """``log w_k N(x; mu_k, v_k I)`` ``(B, K)`` and the variances ``v_k = s_k^2 + sigma^2``."""
@@ -92,45 +138,13 @@ class GaussianMixtureTeacher(Teacher):
         return x.float()
 
 
-def ring_mixture(
-    n_modes: int = 8,
-    radius: float = 2.0,
-    std: float = 0.2,
-    weights: tuple[float, ...] = (0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.07, 0.03),
-    sigma_max: float = 20.0,
-) -> GaussianMixtureTeacher:
-    """``gmm2d``: modes on a circle with unequal weights; the smallest (3 %) shows mode dropping."""
-    if len(weights) != n_modes:
-        raise ValueError("need one weight per mode")
-    angles = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
-    means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
-    return GaussianMixtureTeacher(
-        means,
-        torch.full((n_modes,), std, dtype=torch.float64),
-        torch.tensor(weights, dtype=torch.float64),
-        sigma_max=sigma_max,
-    )
+def ring_mixture() -> GaussianMixtureTeacher:
+    """The ``gmm2d`` preset's teacher. Superseded by ``teacher_for(get_preset("gmm2d"))``; kept
+    while callers of the old API remain."""
+    return GaussianMixtureTeacher.from_mixture(get_preset("gmm2d").mixture)
 
 
-def random_mixture(
-    dim: int = 16,
-    n_modes: int = 10,
-    scale: float = 2.0,
-    std: float = 0.25,
-    seed: int = 0,
-    sigma_max: float = 20.0,
-) -> GaussianMixtureTeacher:
-    """``gmm16d``: modes at fixed random positions; weights decay geometrically (ratio 0.75).
-
-    The positions come from a private ``torch.Generator(seed)``, so the teacher is the same on
-    every machine. With ``n_modes = 10`` the smallest weight is about 2.2 %.
-    """
-    rng = torch.Generator().manual_seed(seed)
-    means = scale * torch.randn(n_modes, dim, generator=rng, dtype=torch.float64)
-    raw = 0.75 ** torch.arange(n_modes, dtype=torch.float64)
-    return GaussianMixtureTeacher(
-        means,
-        torch.full((n_modes,), std, dtype=torch.float64),
-        raw / raw.sum(),
-        sigma_max=sigma_max,
-    )
+def random_mixture() -> GaussianMixtureTeacher:
+    """The ``gmm16d`` preset's teacher. Superseded by ``teacher_for(get_preset("gmm16d"))``;
+    kept while callers of the old API remain."""
+    return GaussianMixtureTeacher.from_mixture(get_preset("gmm16d").mixture)

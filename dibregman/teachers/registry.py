@@ -1,9 +1,10 @@
 """The teacher registry: names -> teacher classes and factories, open to plugins.
 
-Built-in: ``gmm2d`` and ``gmm16d`` (analytic Gaussian mixtures) and ``image`` (the EDM image
-teacher of ``cfg.image_teacher``). Add a teacher with :func:`register_teacher`, or ship it in
-your own package under the ``dibregman.teachers`` entry-point group, which every process
-(``bench run``, ``bench sweep`` and its Ray workers, a resumed run) reads on its first lookup::
+Built-in: ``mixture`` (the analytic Gaussian mixture of ``cfg.mixture``; the ``gmm2d`` and
+``gmm16d`` presets are two of them) and ``image`` (the EDM image teacher of
+``cfg.image_teacher``). Add a teacher with :func:`register_teacher`, or ship it in your own
+package under the ``dibregman.teachers`` entry-point group, which every process (``bench run``,
+``bench sweep`` and its Ray workers, a resumed run) reads on its first lookup::
 
     # pyproject.toml of your package
     [project.entry-points."dibregman.teachers"]
@@ -25,7 +26,7 @@ import torch
 from dibregman.config import Config
 from dibregman.teachers.base import Teacher, TeacherKind
 from dibregman.teachers.image import ImageTeacher
-from dibregman.teachers.mixture import GaussianMixtureTeacher, random_mixture, ring_mixture
+from dibregman.teachers.mixture import GaussianMixtureTeacher
 
 ENTRY_POINT_GROUP = "dibregman.teachers"
 
@@ -129,8 +130,5 @@ def teacher_for(cfg: Config, device: str | torch.device = "cpu") -> Teacher:
     return teacher.to(device)
 
 
-register_teacher("gmm2d", GaussianMixtureTeacher, lambda cfg, device: ring_mixture(),
-                 source="built-in")
-register_teacher("gmm16d", GaussianMixtureTeacher, lambda cfg, device: random_mixture(),
-                 source="built-in")
+register_teacher("mixture", GaussianMixtureTeacher, source="built-in")
 register_teacher("image", ImageTeacher, source="built-in")
