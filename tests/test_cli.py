@@ -52,7 +52,7 @@ def test_run_tiny_with_overrides(tmp_path):
     (["--set", "train.lr=fast"], "bad value 'fast' for train.lr: expected a number"),
     (["--set", "train.lr"], "expected KEY=VALUE"),
     (["--generator", "power", "--alpha", "-1"], "generator.alpha"),
-    (["--set", "train.sigma_init=2.5"], "train.sigma_init=2.5 does not apply to teacher 'gmm2d'"),
+    (["--set", "train.sigma_init=2.5"], "train.sigma_init=2.5 does not apply to teacher 'mixture'"),
     (["--set", "image_teacher.channels=16"], "image_teacher.channels=16 does not apply"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):

@@ -18,7 +18,7 @@ import yaml
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "plugin_teacher"
 BENCH = Path(sys.executable).with_name("bench")
 COMMAND = [str(BENCH)] if BENCH.exists() else [sys.executable, "-m", "bench.cli"]
-BUILT_IN = ("gmm16d", "gmm2d", "image")
+BUILT_IN = ("image", "mixture")
 
 
 @pytest.fixture(scope="module")

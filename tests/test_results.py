@@ -22,7 +22,7 @@ from dibregman.results import (
     headline,
 )
 from dibregman.run import run_experiment
-from dibregman.teachers import ring_mixture
+from dibregman.teachers import teacher_for
 
 TINY_EVAL = EvalConfig(n_curve=256, n_final=512, n_pr=256, n_mmd=256)
 
@@ -33,7 +33,7 @@ def keys(specs: list[MetricSpec], stage: Stage) -> set[str]:
 
 @pytest.mark.parametrize("evaluator", [VectorEvaluator, MixtureEvaluator])
 def test_vector_evaluators_report_exactly_their_declared_keys(evaluator):
-    teacher = ring_mixture()
+    teacher = teacher_for(get_preset("gmm2d"))
     judge = evaluator(teacher, TINY_EVAL)
     declared = evaluator.metrics(TINY_EVAL)
     curve = judge.curve(teacher.sample(TINY_EVAL.n_curve, torch.Generator().manual_seed(5)))
@@ -52,7 +52,7 @@ def test_only_the_mixture_evaluator_declares_log_density_metrics():
 
 def test_exact_teacher_samples_score_near_zero_fd_on_both_vector_evaluators():
     """Declared directions hold: teacher samples are near-perfect (FD ~ 0, precision ~ 1)."""
-    teacher = ring_mixture()
+    teacher = teacher_for(get_preset("gmm2d"))
     samples = teacher.sample(4000, torch.Generator().manual_seed(9))
     for evaluator in (VectorEvaluator, MixtureEvaluator):
         cfg = EvalConfig(n_final=4000, n_pr=1000, n_mmd=1000)
@@ -120,7 +120,7 @@ def test_config_default_teacher_declares_mixture_metrics():
 
 @pytest.mark.parametrize("evaluator", [VectorEvaluator, MixtureEvaluator])
 def test_non_finite_samples_give_nan_for_every_declared_curve_metric(evaluator):
-    judge = evaluator(ring_mixture(), TINY_EVAL)
+    judge = evaluator(teacher_for(get_preset("gmm2d")), TINY_EVAL)
     samples = torch.zeros(TINY_EVAL.n_curve, 2)
     samples[3, 1] = float("nan")
     curve = judge.curve(samples)

@@ -3,7 +3,7 @@ registry of named teachers, open to plugins (:mod:`dibregman.teachers.registry`)
 
 from dibregman.teachers.base import Teacher, TeacherKind
 from dibregman.teachers.image import ImageTeacher
-from dibregman.teachers.mixture import GaussianMixtureTeacher, random_mixture, ring_mixture
+from dibregman.teachers.mixture import GaussianMixtureTeacher
 from dibregman.teachers.registry import (
     ENTRY_POINT_GROUP,
     TeacherEntry,
@@ -20,9 +20,7 @@ __all__ = [
     "Teacher",
     "TeacherEntry",
     "TeacherKind",
-    "random_mixture",
     "register_teacher",
-    "ring_mixture",
     "teacher_entry",
     "teacher_for",
     "teacher_names",

@@ -23,7 +23,6 @@ from torch import Tensor
 from dibregman.config import Config, MixtureConfig
 from dibregman.evaluators import MixtureEvaluator
 from dibregman.noise import expand_sigma
-from dibregman.presets import get_preset
 from dibregman.teachers.base import Teacher
 
 MIXTURE_LAYOUTS = ("ring", "grid", "random", "explicit")
@@ -136,15 +135,3 @@ class GaussianMixtureTeacher(Teacher):
         noise = torch.randn(n, self.shape[0], generator=rng, dtype=torch.float64)
         x = self.means[components] + self.stds[components, None] * noise
         return x.float()
-
-
-def ring_mixture() -> GaussianMixtureTeacher:
-    """The ``gmm2d`` preset's teacher. Superseded by ``teacher_for(get_preset("gmm2d"))``; kept
-    while callers of the old API remain."""
-    return GaussianMixtureTeacher.from_mixture(get_preset("gmm2d").mixture)
-
-
-def random_mixture() -> GaussianMixtureTeacher:
-    """The ``gmm16d`` preset's teacher. Superseded by ``teacher_for(get_preset("gmm16d"))``;
-    kept while callers of the old API remain."""
-    return GaussianMixtureTeacher.from_mixture(get_preset("gmm16d").mixture)
