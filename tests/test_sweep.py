@@ -64,23 +64,46 @@ def test_grid_sweep_tracks_one_parent_and_a_child_per_trial(grid_sweep):
 
 
 def test_optuna_search_runs_its_samples_with_asha(tmp_path):
+    """Optuna samples the space; ASHA (rungs at 1, 2, 4, 8 reports, halving) stops the trials
+    that trail at a rung: they end ``stopped`` with fewer logged steps than the finished ones.
+
+    One trial at a time, so the samples, the order trials reach each rung and hence ASHA's
+    decisions are a deterministic function of the seeds; the curve metric is measured at every
+    step so that each rung compares fresh values.
+    """
+    steps, samples = 8, 5
     spec = load_spec(write_spec(tmp_path, {
         "name": "search", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": [0],
-        "set": {"generator": "alpha", "train.generator_steps": 8},
-        "search": {"num_samples": 4, "sampler_seed": 3,
+        "set": {"generator": "alpha", "train.generator_steps": steps, "log_every": 1,
+                "eval.every": 1},
+        "search": {"num_samples": samples, "sampler_seed": 3,
                    "space": {"generator.alpha": {"uniform": [-1.0, 2.0]},
                              "train.lr": {"loguniform": [1e-4, 1e-2]}}},
-        "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "max_concurrent": 1,
     }))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     summary = run_sweep(spec, tracking_uri=uri, storage=tmp_path / "ray", num_cpus=2)
     client = mlflow.MlflowClient(uri)
     runs = children(client, summary.parent_run_id)
-    assert len(runs) == 4 and sum(summary.counts.values()) == 4
+    assert len(runs) == samples and sum(summary.counts.values()) == samples
     alphas = {float(r.data.params["generator.alpha"]) for r in runs}
-    assert len(alphas) == 4 and all(-1.0 <= a <= 2.0 for a in alphas)
+    assert len(alphas) == samples and all(-1.0 <= a <= 2.0 for a in alphas)
     assert all(r.info.status == "FINISHED" for r in runs)
     assert client.get_run(summary.parent_run_id).data.tags["sweep.kind"] == "search"
+
+    by_status = {"finished": [], "stopped": []}
+    for run in runs:
+        logged = {m.step for m in client.get_metric_history(run.info.run_id, "loss_dm")}
+        by_status[run.data.tags["status"]].append((run, logged))
+    stopped, finished = by_status["stopped"], by_status["finished"]
+    assert len(stopped) >= 1 and len(finished) >= 1, summary.counts
+    assert summary.counts == {"finished": len(finished), "diverged": 0,
+                              "stopped": len(stopped), "failed": 0}
+    assert all(logged == set(range(1, steps + 1)) for _, logged in finished)
+    assert all(logged and max(logged) < steps for _, logged in stopped)  # ended at a rung
+    assert all("fd_n512" in r.data.metrics for r, _ in finished)
+    assert not any("fd_n512" in r.data.metrics for r, _ in stopped)  # no final evaluation
 
 
 def test_spec_typo_exits_2_naming_the_key_and_starts_nothing(tmp_path, monkeypatch):
@@ -103,9 +126,16 @@ def test_dry_run_lists_trials_without_starting_anything(tmp_path, monkeypatch):
 
 
 def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
+    """Ctrl-C once two trials have finished and another is early in its run: the sweep exits
+    130 with one child run per started trial, the ended ones FINISHED and the others KILLED
+    (the early one mid-run, never final); ``--resume`` continues those same child runs, runs
+    the trials not started, leaves the finished ones alone: every trial ends once, each step
+    logged once."""
+    steps = 150
+    expected = sorted(f"{g}-s{s}" for g in ("reverse_kl", "pearson") for s in range(3))
     spec = write_spec(tmp_path, {
         "name": "resume", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": [0, 1, 2],
-        "set": {"train.generator_steps": 150, "log_every": 10, "checkpoint_every": 30,
+        "set": {"train.generator_steps": steps, "log_every": 10, "checkpoint_every": 30,
                 "eval.every": 10},
         "grid": {"generator": ["reverse_kl", "pearson"]},
     })
@@ -116,18 +146,30 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     client = mlflow.MlflowClient(uri)
+
+    def last_step(run) -> int:
+        return max((m.step for m in client.get_metric_history(run.info.run_id, "weight_mean")),
+                   default=0)
+
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         finished_before: dict[str, int] = {}
-        while time.monotonic() < deadline and len(finished_before) < 2:
+        early = []  # running trials with most of their steps ahead: they cannot end in time
+        while time.monotonic() < deadline and (len(finished_before) < 2 or not early):
             time.sleep(0.5)
             if not (tmp_path / "mlflow.db").exists():
                 continue
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                      "attributes.status = 'FINISHED' "
-                                      "and tags.`mlflow.parentRunId` != ''")
-            finished_before = {r.info.run_name: r.info.end_time for r in runs}
-        assert len(finished_before) >= 2, "no trial finished in time"
+                                      "tags.`mlflow.parentRunId` != ''")
+            finished_before = {r.info.run_name: r.info.end_time for r in runs
+                               if r.info.status == "FINISHED"}
+            early = [r.info.run_name for r in runs
+                     if r.info.status == "RUNNING" and last_step(r) <= steps // 3]
+        if len(finished_before) < 2 or not early:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+            pytest.fail(f"not in time: finished {sorted(finished_before)}, early {early}:\n"
+                        f"{first.communicate(timeout=30)[0]}")
         first.send_signal(signal.SIGINT)
         output, _ = first.communicate(timeout=120)
     finally:
@@ -140,22 +182,40 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
     parents = client.search_runs(experiments, "tags.`sweep.parent` = 'true'")
     assert len(parents) == 1 and parents[0].info.status == "KILLED"
     interrupted = client.search_runs(experiments, "tags.`mlflow.parentRunId` != ''")
-    assert len(interrupted) < 6 or any(r.info.status == "KILLED" for r in interrupted)
-    assert all(r.info.status in ("FINISHED", "KILLED") for r in interrupted)
+    names = [r.info.run_name for r in interrupted]
+    assert len(set(names)) == len(names) and set(names) <= set(expected)  # one run per trial
+    finished = {r.info.run_name: r for r in interrupted if r.info.status == "FINISHED"}
+    killed = {r.info.run_name: r for r in interrupted if r.info.status == "KILLED"}
+    assert len(finished) + len(killed) == len(interrupted)  # nothing left RUNNING
+    assert set(finished_before) <= set(finished) and len(finished) < len(expected)
+    assert set(early) <= set(killed)
+    for name, run in finished.items():
+        assert run.data.tags["status"] == "finished" and last_step(run) == steps, name
+    for name, run in killed.items():
+        mid_run = (run.data.tags["status"] == "running" and last_step(run) < steps
+                   and "fd_n512" not in run.data.metrics)
+        # A trial can report its final record just as the interrupt lands, before Tune ends it.
+        just_ended = name not in early and run.data.tags["status"] == "finished" and (
+            last_step(run) == steps and "fd_n512" in run.data.metrics)
+        assert mid_run or just_ended, (name, run.data.tags["status"], last_step(run))
+    assert f"sweep resume: {len(finished)} finished in" in " ".join(output.split())
 
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"sweep resume: {len(expected)} finished in" in " ".join(resumed.stdout.split())
     runs = client.search_runs(experiments, "tags.`mlflow.parentRunId` != ''")
-    names = sorted(r.info.run_name for r in runs)
-    assert names == sorted(f"{g}-s{s}" for g in ("reverse_kl", "pearson") for s in range(3))
+    assert sorted(r.info.run_name for r in runs) == expected
     assert all(r.info.status == "FINISHED" and r.data.tags["status"] == "finished" for r in runs)
-    for run in runs:  # finished trials were not run again
-        if run.info.run_name in finished_before:
-            assert run.info.end_time == finished_before[run.info.run_name]
+    run_ids = {r.info.run_name: r.info.run_id for r in runs}
+    for run in interrupted:  # killed trials continued in their own child run
+        assert run_ids[run.info.run_name] == run.info.run_id, run.info.run_name
+    for run in runs:
+        if run.info.run_name in finished:  # finished trials were not run again
+            assert run.info.end_time == finished[run.info.run_name].info.end_time
         history = client.get_metric_history(run.info.run_id, "weight_mean")
-        steps = [m.step for m in history]
-        assert sorted(steps) == list(range(10, 151, 10)), run.info.run_name  # each step once
+        steps_logged = [m.step for m in history]
+        assert sorted(steps_logged) == list(range(10, steps + 1, 10)), run.info.run_name
     parent = client.get_run(parents[0].info.run_id)
     assert parent.info.status == "FINISHED"
     assert len(client.search_runs(experiments, "tags.`sweep.parent` = 'true'")) == 1
