@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.report.charts import draw_charts
-from bench.report.pages import FORMATS, write_html, write_markdown, write_provenance
+from bench.report.pages import FORMATS, PageContent, write_html, write_markdown, write_provenance
 from bench.report.reading import ReportError, find_parent, load_sweep
 from bench.report.tables import (
     compare,
@@ -66,10 +66,11 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
     charts = draw_charts(data, summary, labels, client, out)
     write_csvs(data, summary, comparison, out)
     prov = write_provenance(data, client, out)
-    table, paired = comparison_table(data, summary, comparison), paired_table(comparison)
-    notes, method = verdict_lines(data, comparison), method_note(comparison)
+    page = PageContent(data, comparison_table(data, summary, comparison),
+                       paired_table(comparison), verdict_lines(data, comparison),
+                       method_note(comparison), charts, prov)
     if "md" in formats:
-        write_markdown(data, table, paired, notes, method, charts, prov, out)
+        write_markdown(page, out)
     if "html" in formats:
-        write_html(data, table, paired, notes, method, charts, prov, out)
+        write_html(page, out)
     return out

@@ -8,6 +8,7 @@ import base64
 import html
 import json
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -87,28 +88,40 @@ def _intro(data: SweepData, prov: dict[str, Any]) -> str:
             f"column's verdict, from the paired comparison below.")
 
 
-def write_markdown(data: SweepData, table: Table, paired: Table, notes: list[str], method: str,
-                   charts: list[str], prov: dict[str, Any], out: Path) -> None:
-    """Write ``README.md`` into ``out``: intro, table, the comparison with the reference
-    (verdicts, table, method), charts, provenance links.
+@dataclass(frozen=True)
+class PageContent:
+    """What both pages show.
 
-    Args:
+    Attributes:
         data: the sweep.
         table: header, rows and best-in-column mask
             (:func:`bench.report.tables.comparison_table`).
         paired: the comparison with the reference (:func:`bench.report.tables.paired_table`).
         notes: the verdicts in words (:func:`bench.report.tables.verdict_lines`).
         method: how to read ``paired`` (:func:`bench.report.tables.method_note`).
-        charts: the charts' PNG file names in ``out``, in page order.
+        charts: the charts' PNG file names in the report directory, in page order.
         prov: the sweep's :func:`provenance`.
-        out: the report directory.
     """
-    parts = [f"# Report: {data.name}", _intro(data, prov), markdown_table(*table),
-             f"## {COMPARISON_HEADING}", "\n".join(f"- {line}" for line in notes)]
-    if paired[1]:
-        parts += [markdown_table(*paired), method]
+
+    data: SweepData
+    table: Table
+    paired: Table
+    notes: list[str]
+    method: str
+    charts: list[str]
+    prov: dict[str, Any]
+
+
+def write_markdown(page: PageContent, out: Path) -> None:
+    """Write ``README.md`` into ``out``: intro, table, the comparison with the reference
+    (verdicts, table, method), charts, provenance links."""
+    data, prov = page.data, page.prov
+    parts = [f"# Report: {data.name}", _intro(data, prov), markdown_table(*page.table),
+             f"## {COMPARISON_HEADING}", "\n".join(f"- {line}" for line in page.notes)]
+    if page.paired[1]:
+        parts += [markdown_table(*page.paired), page.method]
     parts += [f"## {CHART_CAPTIONS[c[:-4]]}\n\n![{CHART_CAPTIONS[c[:-4]]}]({c})"
-              for c in charts]
+              for c in page.charts]
     parts.append(f"Provenance: [provenance.json](provenance.json) · per-run numbers: "
                  f"[results.csv](results.csv) · summary: [summary.csv](summary.csv) · "
                  f"comparison: [comparison.csv](comparison.csv) · "
@@ -116,27 +129,16 @@ def write_markdown(data: SweepData, table: Table, paired: Table, notes: list[str
     (out / "README.md").write_text("\n\n".join(parts) + "\n")
 
 
-def write_html(data: SweepData, table: Table, paired: Table, notes: list[str], method: str,
-               charts: list[str], prov: dict[str, Any], out: Path) -> None:
+def write_html(page: PageContent, out: Path) -> None:
     """Write ``index.html`` into ``out``: the Markdown page's content with the charts embedded
-    as base64 PNGs and the provenance inline.
-
-    Args:
-        data: the sweep.
-        table: header, rows and best-in-column mask
-            (:func:`bench.report.tables.comparison_table`).
-        paired: the comparison with the reference (:func:`bench.report.tables.paired_table`).
-        notes: the verdicts in words (:func:`bench.report.tables.verdict_lines`).
-        method: how to read ``paired`` (:func:`bench.report.tables.method_note`).
-        charts: the charts' PNG file names in ``out``, in page order.
-        prov: the sweep's :func:`provenance`.
-        out: the report directory.
-    """
+    as base64 PNGs and the provenance inline."""
+    data, prov, table, paired = page.data, page.prov, page.table, page.paired
+    notes, method, charts = page.notes, page.method, page.charts
     images = "".join(
         f"<h2>{CHART_CAPTIONS[c[:-4]]}</h2><img alt='{CHART_CAPTIONS[c[:-4]]}' "
         f"src='data:image/png;base64,{base64.b64encode((out / c).read_bytes()).decode()}'>"
         for c in charts)
-    page = (
+    text = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Report: {html.escape(data.name)}</title><style>"
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
@@ -150,4 +152,4 @@ def write_html(data: SweepData, table: Table, paired: Table, notes: list[str], m
         + (f"{html_table(*paired)}<p>{html.escape(method)}</p>" if paired[1] else "")
         + f"{images}<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}"
         "</pre></body></html>")
-    (out / "index.html").write_text(page)
+    (out / "index.html").write_text(text)

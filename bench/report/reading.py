@@ -22,8 +22,8 @@ from bench.tracking import PARENT_TAG, child_runs
 # Artifact downloads in the report (samples pictures, spec, provenance) are single small files:
 # no progress bar per file. Set here, on the first import of the package, before any download.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-from dibregman.bregman import is_parametric  # noqa: E402
 from dibregman.config import Config, EvalConfig, with_overrides  # noqa: E402
+from dibregman.equivalence import arm_label  # noqa: E402
 from dibregman.evaluate import declared_metrics  # noqa: E402
 from dibregman.results import MetricSpec, Role, Stage, Status, headline  # noqa: E402
 
@@ -89,11 +89,6 @@ def find_parent(client: MlflowClient, sweep: str | None) -> Any:
                       f"trials yet; {listing}")
 
 
-def generator_label(generator: str, alpha: str | float) -> str:
-    """``pearson``; ``alpha α=0.5`` for the parametric families."""
-    return f"{generator} α={float(alpha):g}" if is_parametric(generator) else generator
-
-
 def columns_for(params: dict[str, str]) -> tuple[list[MetricSpec], MetricSpec]:
     """The declared final metrics (headline first, costs last) and the curve metric of the
     headline's kind, for a run with these MLflow params (its ``teacher`` and ``eval.*``)."""
@@ -131,7 +126,7 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
     if parent.data.tags.get("sweep.kind") == "search":
         frame["label"] = frame["run_name"].str.replace(r"-s\d+$", "", regex=True)
     else:
-        frame["label"] = [generator_label(g, a) for g, a in zip(frame.generator, frame.alpha,
+        frame["label"] = [arm_label(g, a) for g, a in zip(frame.generator, frame.alpha,
                                                                 strict=True)]
     columns, curve = columns_for(runs[0].data.params)
     history_keys = (curve.key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
