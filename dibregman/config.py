@@ -109,9 +109,9 @@ class RatioConfig:
         estimator: ``classifier`` (logistic, DMD2/f-distill), ``ulsif`` or ``kliep`` (Bregman
             ratio fitting, docs/method.md §8); see :mod:`dibregman.ratio`.
         log_ratio_clamp: ``|log r| = |logit|`` is clamped to this before anything else.
-        clip_min, clip_max: ``r`` is clipped to ``[clip_min, clip_max]`` (f-distill clips
-            ``p/q`` to [0.1, 20], i.e. ``q/p`` to [1/20, 10]); a generator with a bounded convex
-            domain lowers ``clip_max`` to its ``ratio_max``.
+        clip_min, clip_max: ``r`` is clipped to ``[clip_min, clip_max]`` before the per-bin
+            normalisation (f-distill clips ``p/q`` to [0.1, 20], i.e. ``q/p`` to [1/20, 10]);
+            a generator with a bounded convex domain clips again to its ``ratio_max`` after it.
         noise_bins: number of log-sigma bins for the self-normalisation ``E_q[1/r] = 1``.
         bin_normalize: apply the per-bin self-normalisation.
         bin_ema: EMA decay of the per-bin means (0 uses each batch's own means).

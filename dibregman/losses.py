@@ -15,6 +15,9 @@ from torch import Tensor
 
 from dibregman.noise import expand_sigma
 
+# Added to the per-sample normaliser mean|x - D_teacher(x_s)| of distribution_matching.
+NORMALISER_EPS = 1e-8
+
 
 def dsm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
     """EDM's loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2``, ``(B,)``."""
@@ -41,6 +44,8 @@ def distribution_matching(x: Tensor, denoised_teacher: Tensor, denoised_fake: Te
     per-sample step is ``g = w (D_fake(x_s) - D_teacher(x_s)) / mean|x - D_teacher(x_s)|`` (the
     normaliser plays the role of DMD's ``lambda(sigma)``), and
     ``loss = 0.5 ||x - stopgrad(x - g)||^2`` so that autograd delivers ``g . dx/dtheta``.
+    ``NORMALISER_EPS`` is added to the normaliser, so a student sample that the teacher already
+    denoises to itself gives a finite step.
 
     Args:
         x: ``(B, *shape)`` student samples, with gradient.
@@ -53,6 +58,7 @@ def distribution_matching(x: Tensor, denoised_teacher: Tensor, denoised_fake: Te
     dims = tuple(range(1, x.ndim))
     with torch.no_grad():
         normaliser = (x.detach() - denoised_teacher).abs().mean(dim=dims, keepdim=True)
+        normaliser = normaliser + NORMALISER_EPS
         step = (denoised_fake - denoised_teacher) / normaliser
         if weight is not None:
             step = expand_sigma(weight, step) * step

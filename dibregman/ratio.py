@@ -32,6 +32,9 @@ from dibregman.config import RatioConfig
 
 RatioLoss = Callable[[Tensor, Tensor], Tensor]
 
+# Added to the batch mean that normalises the weights (docs/method.md §5).
+WEIGHT_EPS = 1e-8
+
 
 def classifier_loss(log_r_teacher: Tensor, log_r_student: Tensor) -> Tensor:
     """Logistic loss with the teacher side positive; logit ``= -log r``. Inputs ``(B,)``."""
@@ -127,10 +130,14 @@ class RatioEstimator(nn.Module):
     ) -> tuple[Tensor, dict[str, float]]:
         """Per-sample Di-Bregman weights ``w = h''(r) r`` at noised student samples.
 
-        Steps (all fp32): clamp ``log r``; per-bin self-normalisation ``r <- r * m_bin`` with
-        ``m_bin`` the (EMA) mean of ``1/r`` over student samples in the bin, since
-        ``E_q[1/r] = E_q[p/q] = 1``; clip ``r`` to ``[clip_min, min(clip_max, h's ratio_max)]``;
-        ``w = h.weight(r)``; divide by the batch mean.
+        Steps (all fp32, docs/method.md §5): clamp ``log r``; clip ``r`` to
+        ``[clip_min, clip_max]`` *before* normalising, so that one over-confident sample cannot
+        inflate its bin's factor (f-distill's order); per-bin self-normalisation
+        ``r <- r * m_bin`` with ``m_bin`` the (EMA) mean of ``1/r`` over student samples in the
+        bin, since ``E_q[1/r] = E_q[p/q] = 1``; clip to ``h``'s convex domain
+        ``(0, ratio_max]``; ``w = h.weight(r)``; divide by ``batch mean + WEIGHT_EPS``. A batch
+        whose weights are all zero (``log_squared`` with every ``r >= e``) thus gives ``w = 0``:
+        no distribution-matching step, rather than ``0 / 0``.
 
         Args:
             h: the Bregman generator.
@@ -140,19 +147,22 @@ class RatioEstimator(nn.Module):
 
         Returns:
             ``w: (B,)`` and diagnostics: the raw weight's min / mean / max before the batch-mean
-            division, ratio quantiles after normalisation and clipping, and the clipped share.
+            division, ratio quantiles after clipping and normalisation, and the share of samples
+            clipped by ``[clip_min, clip_max]`` or by ``h``'s domain.
         """
         cfg = self.cfg
-        ratio = self.log_ratio(x, sigma).exp()
+        raw = self.log_ratio(x, sigma).exp()
+        ratio = raw.clamp(cfg.clip_min, cfg.clip_max)
+        clipped = ratio != raw
         if cfg.bin_normalize:
             bins = self.noise_bin(sigma)
             if update:
                 self._update_bins(bins, 1 / ratio)
             ratio = ratio * self.bin_mean_inv_ratio[bins]
-        upper = min(cfg.clip_max, h.ratio_max)
-        clipped = ratio.clamp(cfg.clip_min, upper)
-        weight = h.weight(clipped)
-        quantiles = torch.quantile(clipped, torch.tensor([0.05, 0.5, 0.95], device=ratio.device))
+        clipped |= ratio > h.ratio_max
+        ratio = ratio.clamp(max=h.ratio_max)
+        weight = h.weight(ratio)
+        quantiles = torch.quantile(ratio, torch.tensor([0.05, 0.5, 0.95], device=ratio.device))
         diagnostics = {
             "weight_min": float(weight.min()),
             "weight_mean": float(weight.mean()),
@@ -160,10 +170,10 @@ class RatioEstimator(nn.Module):
             "ratio_q05": float(quantiles[0]),
             "ratio_q50": float(quantiles[1]),
             "ratio_q95": float(quantiles[2]),
-            "ratio_clipped_fraction": float((clipped != ratio).float().mean()),
+            "ratio_clipped_fraction": float(clipped.float().mean()),
         }
         if cfg.weight_normalize:
-            weight = weight / weight.mean()
+            weight = weight / (weight.mean() + WEIGHT_EPS)
         return weight, diagnostics
 
     def _update_bins(self, bins: Tensor, inv_ratio: Tensor) -> None:

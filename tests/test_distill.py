@@ -6,6 +6,7 @@ import torch
 import dibregman.distill
 from dibregman.config import with_overrides
 from dibregman.distill import Distiller
+from dibregman.losses import distribution_matching
 from dibregman.presets import get_preset
 from dibregman.results import Status
 from dibregman.teachers import teacher_for
@@ -205,3 +206,16 @@ def test_regression_term_pulls_the_student_onto_the_teachers_ode_map():
             return float(((d.student(latents) - targets) ** 2).sum(1).mean())
 
     assert error(1000.0) < error(0.0) / 2
+
+
+def test_distribution_matching_step_is_finite_where_the_teacher_denoises_to_the_sample():
+    """A student sample equal to its teacher denoising has normaliser mean|x - D_teacher| = 0:
+    the epsilon keeps the step finite (zero where the two denoisers agree, large but finite
+    where they do not)."""
+    x = torch.zeros(2, 3, requires_grad=True)
+    denoised_teacher = torch.zeros(2, 3)
+    denoised_fake = torch.tensor([[0.0, 0.0, 0.0], [1e-6, 0.0, 0.0]])
+    loss, step = distribution_matching(x, denoised_teacher, denoised_fake, None)
+    assert torch.isfinite(step).all() and torch.isfinite(loss)
+    assert torch.equal(step[0], torch.zeros(3))
+    assert step[1, 0] == pytest.approx(1e-6 / 1e-8)

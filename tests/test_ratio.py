@@ -115,6 +115,31 @@ def test_clamp_and_clip_bound_the_ratio():
     assert diag["ratio_clipped_fraction"] == pytest.approx(2 / 3)
 
 
+def test_ratio_is_clipped_before_the_bin_normalisation():
+    """One over-confident sample (r = e^-10) among r = 1. Clipped first (to 0.05), the bin factor
+    is mean(1/r) = (63 + 20) / 64 and the others end at r = 1.30. Normalised first, the factor
+    would be (63 + e^10) / 64 = 345 and every other sample would be clipped to 10."""
+    log_r = torch.zeros(64)
+    log_r[0] = -10.0
+    est = pipeline(log_r, weight_normalize=False)
+    weight, diag = est.weights(get_generator("pearson"), torch.zeros(64, 2), torch.ones(64))
+    factor = (63 + 20) / 64
+    torch.testing.assert_close(est.bin_mean_inv_ratio[est.noise_bin(torch.ones(1))],
+                               torch.tensor([factor]))
+    torch.testing.assert_close(weight[1:], torch.full((63,), factor))  # Pearson: w = r
+    torch.testing.assert_close(weight[0], torch.tensor(0.05 * factor))
+    assert diag["ratio_clipped_fraction"] == pytest.approx(1 / 64)
+
+
+def test_all_zero_weights_make_no_step_instead_of_nan():
+    """log_squared has w = (1 - log r) / r = 0 at its domain's end r = e: a batch with every
+    r >= e has all-zero weights, and the batch-mean division must not give 0 / 0."""
+    est = pipeline(torch.full((8,), 3.0), bin_normalize=False)
+    weight, diag = est.weights(get_generator("log_squared"), torch.zeros(8, 2), torch.ones(8))
+    assert torch.equal(weight, torch.zeros(8))
+    assert diag["ratio_clipped_fraction"] == 1.0
+
+
 def test_log_squared_is_clipped_to_its_convex_domain():
     est = pipeline(torch.tensor([2.0, 3.0]), bin_normalize=False, weight_normalize=False)
     weight, diag = est.weights(get_generator("log_squared"), torch.zeros(2, 2), torch.ones(2))
