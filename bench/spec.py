@@ -49,8 +49,11 @@ from dibregman.presets import get_preset, preset_names
 from dibregman.validation import validate
 
 KEY_ALIASES = {"generator": "generator.name"}
-TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "seeds", "search", "scheduler", "metric",
-                  "mode", "resources", "max_concurrent", "time_budget_s")
+TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "seeds", "search", "scheduler",
+                  "metric", "mode", "resources", "max_concurrent", "time_budget_s")
+# Validity controls of a grid sweep: an A/A arm (the reference's method under another name: the
+# report must never flag it) and a positive arm (known to differ: the report must flag it).
+CONTROL_ROLES = {"aa": "A/A control", "positive": "positive control"}
 DOMAINS = ("loguniform", "uniform", "int", "choice")
 MODES = ("min", "max")
 
@@ -103,8 +106,10 @@ class SweepSpec:
         max_concurrent: concurrent trials (None: as many as resources allow).
         time_budget_s: stop the sweep after this many seconds (None: no limit).
         spec_hash: hash of the canonical spec content (provenance).
-        warnings: grid arms that duplicate others (the spec stays valid: an A/A control may be
-            deliberate); ``bench sweep`` prints them.
+        warnings: grid arms that duplicate others (the spec stays valid); ``bench sweep``
+            prints them. The A/A control is a deliberate duplicate and is not warned about.
+        controls: role (``aa``, ``positive``) -> the control arm's name (:func:`arm_name`);
+            the control arms are the last points of ``grid``.
     """
 
     path: Path
@@ -122,6 +127,7 @@ class SweepSpec:
     time_budget_s: float | None = None
     spec_hash: str = ""
     warnings: list[str] = field(default_factory=list)
+    controls: dict[str, str] = field(default_factory=dict)
 
     def base_config(self) -> Config:
         """The preset with the spec's base overrides applied."""
@@ -145,6 +151,18 @@ def trial_name(overrides: dict[str, Any]) -> str:
             parts.append(f"{label}{value:.4g}" if isinstance(value, float) else f"{label}{value}")
     parts.append(f"s{overrides.get('seed', 0)}")
     return "-".join(parts)
+
+
+def arm_name(overrides: dict[str, Any]) -> str:
+    """The report's name of a grid arm: the generator (:func:`dibregman.equivalence.arm_label`)
+    and every other key the arm sets but the seed, e.g. ``pearson``, ``alpha α=0.5`` or
+    ``reverse_kl train.lr=0.0003``."""
+    generator = arm_label(str(overrides.get("generator.name", "")),
+                          overrides.get("generator.alpha"))
+    rest = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in overrides.items()
+            if key not in ("seed", "generator.name", "generator.alpha")]
+    return " ".join(part for part in (generator, *rest) if part)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -212,14 +230,23 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         if "grid" not in data:
             raise fail("grid", "missing: a spec needs a grid or a search")
         grid = _expand_grid(data["grid"], fail)
+    where_in_spec = [f"grid[{i}]" if len(grid) > 1 else "grid" for i in range(len(grid))]
+    controls = {}
+    if "controls" in data:
+        if search is not None:
+            raise fail("controls", "controls belong to a grid sweep, not a search")
+        for role, point in _parse_controls(data["controls"], grid, fail).items():
+            controls[role] = arm_name(point)
+            grid.append(point)
+            where_in_spec.append(f"controls.{role}")
 
     for index, point in enumerate(grid):
         for seed in seeds:
             try:
                 validate(with_overrides(base, {**point, "seed": seed}))
             except ConfigError as err:
-                label = f"grid[{index}]" if len(grid) > 1 else "grid"
-                raise fail(label, f"{trial_name({**point, 'seed': seed})}: {err}") from None
+                raise fail(where_in_spec[index],
+                           f"{trial_name({**point, 'seed': seed})}: {err}") from None
     if search is not None:
         _check_search_bounds(base, search, fail)
 
@@ -254,8 +281,31 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         search=search, scheduler=scheduler, metric=metric, mode=mode, resources=resources,
         max_concurrent=max_concurrent, time_budget_s=float(budget) if budget else None,
         spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:12],
-        warnings=_duplicate_warnings(base, grid, len(seeds)) if search is None else [],
+        warnings=(_duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
+                  if search is None else []),
+        controls=controls,
     )
+
+
+def _parse_controls(value: Any, grid: list[dict[str, Any]], fail) -> dict[str, dict[str, Any]]:
+    """``controls: {aa: {...}, positive: {...}}``: each a mapping of config overrides, like a
+    grid point, whose arm name differs from every grid arm's (the report tells arms apart by
+    name)."""
+    _check_mapping(value, "controls", tuple(CONTROL_ROLES), fail)
+    names = {arm_name(point) for point in grid}
+    controls = {}
+    for role, point in value.items():
+        point = _config_mapping(point, f"controls.{role}", fail)
+        if not point:
+            raise fail(f"controls.{role}", "needs at least one config key, e.g. "
+                                           "{generator: alpha, generator.alpha: 1.0}")
+        if arm_name(point) in names:
+            raise fail(f"controls.{role}", f"{arm_name(point)!r} is already a grid arm; a "
+                                           f"control needs its own name (e.g. reverse KL as "
+                                           f"generator: alpha, generator.alpha: 1.0)")
+        names.add(arm_name(point))
+        controls[role] = point
+    return controls
 
 
 def _duplicate_warnings(base: Config, grid: list[dict[str, Any]], n_seeds: int) -> list[str]:

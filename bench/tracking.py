@@ -26,7 +26,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from bench.spec import SweepSpec, trial_name
+from bench.spec import SweepSpec, arm_name, trial_name
 from dibregman import __version__
 from dibregman.config import flatten, with_overrides
 from dibregman.evaluate import declared_metrics
@@ -44,6 +44,8 @@ DEFAULT_STORE = "mlflow.db"
 PARENT_TAG = "sweep.parent"  # "true" on parent runs
 EXPERIMENT_PATH_TAG = "sweep.experiment_path"
 TRIAL_TAG = "ray.trial_id"
+ARM_TAG = "arm"  # a grid trial's arm name (bench.spec.arm_name): the report's label
+CONTROLS_TAG = "sweep.controls"  # JSON {role: arm name} of the spec's validity controls
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "step", "final", "should_checkpoint", "trial_id",
                "experiment_tag"}
 
@@ -153,6 +155,7 @@ class SweepTracker(Callback):
                 "sweep.metric": spec.metric,
                 "sweep.mode": spec.mode,
                 "sweep.kind": "search" if spec.search else "grid",
+                CONTROLS_TAG: json.dumps(spec.controls),
                 "code.version": __version__,
                 "code.git_revision": git_revision(),
             })
@@ -199,6 +202,7 @@ class SweepTracker(Callback):
                 TRIAL_TAG: trial.trial_id,
                 "sweep.name": self.spec.name,
                 "sweep.spec_hash": self.spec.spec_hash,
+                ARM_TAG: arm_name(overrides),
                 "generator": cfg.generator.name,
                 "generator.alpha": str(cfg.generator.alpha),
                 "seed": str(cfg.seed),

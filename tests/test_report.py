@@ -34,6 +34,10 @@ def report(grid_sweep, tmp_path_factory) -> tuple[Path, str]:
     return build_report("grid", uri, out), uri
 
 
+# The diverging arm's name: its generator and every other key its grid entry sets.
+DIVERGING = "forward_kl train.lr=1e+12 train.max_nonfinite_steps=2 train.generator_steps=40"
+
+
 def independent_runs(uri: str) -> pd.DataFrame:
     """The sweep's child runs straight from MLflow, without the report's code."""
     mlflow.set_tracking_uri(uri)
@@ -59,7 +63,7 @@ def test_summary_numbers_equal_the_runs_metrics(report):
             assert row["n"] == 2
             checked += 1
     assert checked == 14
-    assert "forward_kl" not in set(summary.label)  # diverged runs are counted, not averaged
+    assert DIVERGING not in set(summary.label)  # diverged runs are counted, not averaged
 
 
 def test_markdown_table_shows_those_numbers_and_the_diverged_count(report):
@@ -69,7 +73,7 @@ def test_markdown_table_shows_those_numbers_and_the_diverged_count(report):
     pearson = runs[(runs["params.generator.name"] == "pearson")]
     mean_fd = pearson["metrics.fd_n512"].mean()
     assert f"{mean_fd:.4g} ± " in text
-    forward_row = next(line for line in text.splitlines() if line.startswith("| forward_kl"))
+    forward_row = next(line for line in text.splitlines() if line.startswith(f"| {DIVERGING}"))
     cells = [c.strip() for c in forward_row.strip("|").split("|")]
     assert cells[1] == "0"  # no finished seed
     assert cells[-3] == "2"  # diverged
@@ -100,7 +104,7 @@ def test_comparison_csv_pairs_pearson_with_reverse_kl_by_seed(report):
     assert np.isnan(pearson.estimate_ci_low) and np.isnan(pearson.ci_low)  # < 6 seeds
     assert pearson["mean"] == pytest.approx(fd["pearson"].mean(), rel=1e-12)
     assert comparison.loc["reverse_kl", "verdict"] == "reference"
-    forward = comparison.loc["forward_kl"]
+    forward = comparison.loc[DIVERGING]
     assert forward.n_pairs == 0 and forward.verdict == "too few seeds"
     assert np.isnan(forward.p_value) and np.isnan(forward.p_holm)
 
@@ -112,7 +116,7 @@ def test_pages_state_only_what_the_verdicts_support(report):
             "permutation test on per-seed log-ratios, Holm over 1 arm, α = 0.05, 2 paired "
             "seeds).") in text
     assert "smallest attainable p is 0.5: no difference could have been detected" in text
-    assert "Too few seeds paired with reverse_kl for a verdict: forward_kl (0 paired)." in text
+    assert f"Too few seeds paired with reverse_kl for a verdict: {DIVERGING} (0 paired)." in text
     assert "| generator | paired seeds | ratio to reverse_kl | 95 % CI | p | p (Holm) | " \
            "verdict | P(rank first) |" in text
     assert ": best " not in text and " * |" not in text  # no ranking by means, no star rule
@@ -217,7 +221,8 @@ RECALL = MetricSpec("recall_k3_n256", "recall", "recall", 256, Direction.HIGHER,
                     Role.DIAGNOSTIC)
 
 
-def synthetic_sweep(factors: dict[str, float], seeds: int = 8, headline=FD) -> SweepData:
+def synthetic_sweep(factors: dict[str, float], seeds: int = 8, headline=FD,
+                    controls: dict[str, str] | None = None) -> SweepData:
     """A sweep without Ray or MLflow: per arm, a seed's value is a shared per-seed level times
     the arm's factor, with 3 % noise; ``nan`` factors diverge."""
     rng = np.random.default_rng(0)
@@ -231,7 +236,7 @@ def synthetic_sweep(factors: dict[str, float], seeds: int = 8, headline=FD) -> S
                          "status": "finished" if finished else "diverged",
                          headline.key: value})
     return SweepData("synthetic", None, pd.DataFrame(rows), pd.DataFrame(), [headline],
-                     headline, "")
+                     headline, "", controls or {})
 
 
 def test_eight_seeds_give_intervals_verdicts_both_ways_and_rank_shares():
@@ -298,3 +303,37 @@ def test_without_a_reference_arm_nothing_is_claimed():
     assert paired_table(comparison)[1] == []
     assert "vs reverse_kl" not in " ".join(comparison_table(data, summary, comparison)[0])
 
+
+
+@pytest.mark.parametrize("aa_factor, positive_factor, aa_outcome, positive_outcome", [
+    (1.0, 3.0, "no detectable difference; behaved", "worse; behaved"),
+    (3.0, 1.0, "worse; MISBEHAVED", "no detectable difference; MISBEHAVED"),
+])
+def test_the_report_says_whether_the_validity_controls_behaved(aa_factor, positive_factor,
+                                                               aa_outcome, positive_outcome):
+    """The A/A control must get no verdict and the positive control one; the first lines of
+    the verdicts say which happened. A factor of 1 copies the reference's values exactly (an
+    arm that trains identically)."""
+    controls = {"aa": "alpha α=1", "positive": "reverse_kl train.generator_steps=2"}
+    data = synthetic_sweep({"reverse_kl": 1.0, "alpha α=1": aa_factor,
+                            "reverse_kl train.generator_steps=2": positive_factor}, seeds=9,
+                           controls=controls)
+    runs = data.runs
+    for label, factor in (("alpha α=1", aa_factor),
+                          ("reverse_kl train.generator_steps=2", positive_factor)):
+        if factor == 1.0:
+            runs.loc[runs.label == label, FD.key] = runs[runs.label == "reverse_kl"][FD.key].values
+    comparison = compare(data, order_labels(data, summarise(data)))
+    lines = verdict_lines(data, comparison)
+    assert lines[0].startswith("Validity control, A/A control alpha α=1 (")
+    assert aa_outcome in lines[0]
+    assert lines[1].startswith("Validity control, positive control "
+                               "reverse_kl train.generator_steps=2 (")
+    assert positive_outcome in lines[1]
+
+
+def test_a_control_without_enough_seeds_is_reported_as_unchecked():
+    data = synthetic_sweep({"reverse_kl": 1.0, "alpha α=1": 1.0}, seeds=1,
+                           controls={"aa": "alpha α=1"})
+    comparison = compare(data, order_labels(data, summarise(data)))
+    assert "too few seeds; could not be checked" in verdict_lines(data, comparison)[0]

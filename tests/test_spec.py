@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.spec import SpecError, load_spec, trial_name
+from bench.spec import SpecError, arm_name, load_spec, trial_name
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -167,3 +167,32 @@ def test_sweep_dry_run_prints_the_warning_and_exits_0(tmp_path, monkeypatch):
     assert "jensen_shannon and logistic" in " ".join(result.stderr.split())  # on stderr
     assert "6 trials" in text and "logistic-s2" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing started
+
+
+def test_controls_become_the_last_grid_arms_with_their_own_names(tmp_path):
+    spec = load_spec(write(tmp_path, {**BASE, "grid": {"generator": ["reverse_kl", "pearson"]},
+                                      "controls": {"aa": {"generator": "alpha",
+                                                          "generator.alpha": 1.0},
+                                                   "positive": {"generator": "reverse_kl",
+                                                                "train.generator_steps": 2}}}))
+    assert spec.controls == {"aa": "alpha α=1", "positive": "reverse_kl train.generator_steps=2"}
+    assert [arm_name(point) for point in spec.grid] == [
+        "reverse_kl", "pearson", "alpha α=1", "reverse_kl train.generator_steps=2"]
+    assert spec.warnings == []  # the A/A control duplicates reverse_kl on purpose
+
+
+@pytest.mark.parametrize("controls, message", [
+    ({"aa": {"generator": "reverse_kl"}}, "controls.aa: 'reverse_kl' is already a grid arm"),
+    ({"placebo": {"generator": "alpha"}}, "controls.placebo: unknown key; valid: aa, positive"),
+    ({"aa": {}}, "controls.aa: needs at least one config key"),
+    ({"aa": {"train.lr": -1.0}}, "controls.aa: lr=-1-s0: train.lr must be > 0"),
+])
+def test_bad_controls_are_rejected(tmp_path, controls, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(write(tmp_path, {**BASE, "controls": controls}))
+
+
+def test_arm_name_shows_every_key_but_the_seed():
+    assert arm_name({"generator.name": "alpha", "generator.alpha": 0.5, "seed": 3}) == "alpha α=0.5"
+    assert arm_name({"generator.name": "reverse_kl", "train.lr": 3e-4, "seed": 0}) == (
+        "reverse_kl train.lr=0.0003")

@@ -9,21 +9,21 @@ teacher and eval config): label, direction and role come from there, never from 
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from bench.tracking import PARENT_TAG, child_runs
+from bench.tracking import ARM_TAG, CONTROLS_TAG, PARENT_TAG, child_runs
 
 # Artifact downloads in the report (samples pictures, spec, provenance) are single small files:
 # no progress bar per file. Set here, on the first import of the package, before any download.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from dibregman.config import Config, EvalConfig, with_overrides  # noqa: E402
-from dibregman.equivalence import arm_label  # noqa: E402
 from dibregman.evaluate import declared_metrics  # noqa: E402
 from dibregman.results import MetricSpec, Role, Stage, Status, headline  # noqa: E402
 
@@ -40,7 +40,8 @@ class SweepData:
         name: sweep name; parent: the parent run; runs: one row per child run (label,
         generator, alpha, seed, status, final metrics); histories: tidy (run_id, label, seed,
         key, step, value); columns: the declared final metrics, headline first, costs last;
-        curve: the declared metric logged over training; tracking_uri: the store.
+        curve: the declared metric logged over training; tracking_uri: the store; controls:
+        role (``aa``, ``positive``) -> arm label of the spec's validity controls.
     """
 
     name: str
@@ -50,6 +51,7 @@ class SweepData:
     columns: list[MetricSpec]
     curve: MetricSpec
     tracking_uri: str
+    controls: dict[str, str] = field(default_factory=dict)
 
     @property
     def headline(self) -> MetricSpec:
@@ -126,8 +128,7 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
     if parent.data.tags.get("sweep.kind") == "search":
         frame["label"] = frame["run_name"].str.replace(r"-s\d+$", "", regex=True)
     else:
-        frame["label"] = [arm_label(g, a) for g, a in zip(frame.generator, frame.alpha,
-                                                                strict=True)]
+        frame["label"] = [run.data.tags[ARM_TAG] for run in runs]
     columns, curve = columns_for(runs[0].data.params)
     history_keys = (curve.key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
                     "ratio_q50", "ratio_q95", "ratio_accuracy")
@@ -141,5 +142,6 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
     for column in columns:
         if column.key not in frame:
             frame[column.key] = np.nan
+    controls = json.loads(parent.data.tags.get(CONTROLS_TAG, "{}"))
     return SweepData(parent.data.tags.get("sweep.name", ""), parent, frame, histories, columns,
-                     curve, tracking_uri)
+                     curve, tracking_uri, controls)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench.report import stats
 from bench.report.reading import SweepData
+from bench.spec import CONTROL_ROLES
 from dibregman.results import Direction, Status
 
 REFERENCE = "reverse_kl"
@@ -292,6 +293,28 @@ def verdict_lines(data: SweepData, comparison: pd.DataFrame, alpha: float = ALPH
     if len(too_few):
         names = ", ".join(f"{r.label} ({r.n_pairs} paired)" for r in too_few.itertuples())
         lines.append(f"Too few seeds paired with {REFERENCE} for a verdict: {names}.")
+    return control_lines(data, comparison) + lines
+
+
+def control_lines(data: SweepData, comparison: pd.DataFrame) -> list[str]:
+    """Whether the sweep's validity controls behaved: the A/A control (the reference's method
+    under another name) must get no verdict, the positive control (an arm known to differ) must
+    get one. A control that misbehaved makes every verdict of the report suspect."""
+    expected = {"aa": (stats.NO_DIFFERENCE,), "positive": (stats.BETTER, stats.WORSE)}
+    what = {"aa": "the reference's method under another name; it must not be flagged",
+            "positive": "an arm known to differ; it must be flagged"}
+    verdicts = dict(zip(comparison.label, comparison.verdict, strict=True))
+    lines = []
+    for role, label in data.controls.items():
+        verdict = verdicts.get(label, "no finished runs")
+        if verdict in (stats.TOO_FEW, NO_REFERENCE, "no finished runs"):
+            outcome = f"could not be checked ({verdict})"
+        elif verdict in expected[role]:
+            outcome = "behaved"
+        else:
+            outcome = "MISBEHAVED: treat every verdict of this report as suspect"
+        lines.append(f"Validity control, {CONTROL_ROLES[role]} {label} ({what[role]}): "
+                     f"{verdict}; {outcome}.")
     return lines
 
 
