@@ -257,20 +257,42 @@ class RatioNetwork(nn.Module):
 
 
 class OneStepGenerator(nn.Module):
-    """The vector student ``G(z) = sd * (z + MLP(z))`` for ``z ~ N(0, I_d)``.
+    """The vector student ``G(z) = sd * (z + MLP(phi(z)))`` for ``z ~ N(0, I_d)``.
 
     A residual map scaled to the data, so step 0 already has the data's scale and the MLP
-    learns the transport.
+    learns the transport. ``phi(z) = z`` or, with ``fourier_features = m > 0``, the random
+    Fourier features ``[z, sin(z B), cos(z B)]`` with a fixed ``B: (d, m)`` of ``N(0, s^2)``
+    entries (Tancik et al. 2020): an MLP on ``z`` alone learns the steep transitions between
+    well-separated modes slowly (its spectral bias), so mass stays between them.
+
+    Args:
+        dim: ``d``.
+        hidden, depth: the MLP's width and number of hidden layers.
+        sigma_data: the data scale ``sd``.
+        fourier_features: ``m`` (0: ``phi(z) = z``).
+        fourier_scale: ``s``; ``B`` is drawn by :func:`init_parameters`'s generator.
     """
 
-    def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float) -> None:
+    def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float,
+                 fourier_features: int = 0, fourier_scale: float = 1.0) -> None:
         super().__init__()
         self.sigma_data = sigma_data
-        self.net = mlp(dim, dim, hidden, depth)
+        self.fourier_scale = fourier_scale
+        self.register_buffer("frequencies", torch.zeros(dim, fourier_features))
+        self.net = mlp(dim + 2 * fourier_features, dim, hidden, depth)
+
+    def reset_frequencies(self, rng: torch.Generator) -> None:
+        """Draw ``B`` from ``rng`` (a buffer: checkpoints carry it)."""
+        self.frequencies.copy_(self.fourier_scale * torch.randn(
+            self.frequencies.shape, generator=rng).to(self.frequencies.device))
 
     def forward(self, z: Tensor) -> Tensor:
         """``z: (B, d)`` -> ``(B, d)``."""
-        return self.sigma_data * (z + self.net(z))
+        features = z
+        if self.frequencies.shape[1]:
+            angles = z @ self.frequencies
+            features = torch.cat([z, angles.sin(), angles.cos()], dim=1)
+        return self.sigma_data * (z + self.net(features))
 
 
 class DenoiserStudent(nn.Module):

@@ -36,8 +36,11 @@ def build_networks(
     sd = teacher.sigma_data
     if teacher.kind is TeacherKind.VECTOR:
         dim, net = teacher.shape[0], cfg.net
-        student = OneStepGenerator(dim, net.hidden, net.depth, sd)
+        student = OneStepGenerator(dim, net.hidden, net.depth, sd, net.fourier_features,
+                                   net.fourier_scale)
         init_parameters(student, init_rng)
+        if net.fourier_features:
+            student.reset_frequencies(init_rng)
         fake = Denoiser(MLPNet(dim, dim, net.hidden, net.depth), sd)
         init_parameters(fake, init_rng, zero_last=True)
         ratio_net = RatioNetwork(MLPNet(dim, 1, net.hidden, net.depth), sd)

@@ -105,6 +105,8 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
         (ratio.noise_bins >= 1, "ratio.noise_bins must be >= 1"),
         (0 <= ratio.bin_ema < 1, "ratio.bin_ema must be in [0, 1)"),
         (cfg.net.hidden >= 1 and cfg.net.depth >= 1, "net.hidden and net.depth must be >= 1"),
+        (cfg.net.fourier_features >= 0, "net.fourier_features must be >= 0 (0: none)"),
+        (0 < cfg.net.fourier_scale < math.inf, "net.fourier_scale must be > 0 and finite"),
         (ev.every >= 1 and cfg.log_every >= 1 and cfg.checkpoint_every >= 1,
          "eval.every, log_every and checkpoint_every must be >= 1"),
         (min(ev.n_curve, ev.n_final, ev.n_pr, ev.n_mmd) >= 16,

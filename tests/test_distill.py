@@ -45,9 +45,26 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert not same_parameters(distiller(seed=1).student, distiller(seed=2).student)
 
 
-@pytest.mark.parametrize("regression_weight", [0.0, 1.0])
-def test_state_dict_round_trip_continues_identically(regression_weight):
-    overrides = {"train.regression_weight": regression_weight, "train.regression_pairs": 64}
+def test_fourier_features_are_seeded_and_leave_the_plain_student_untouched():
+    """The frequencies come from the seed (same seed, same B; another seed, another B) and
+    have the configured scale; with 0 features the networks are the plain ones bit for bit
+    (nothing is drawn for B, so the other networks' initialisations do not shift)."""
+    ff = {"net.fourier_features": 256, "net.fourier_scale": 3.0}
+    a, b = distiller(steps=0, seed=1, **ff), distiller(steps=0, seed=1, **ff)
+    other = distiller(steps=0, seed=2, **ff)
+    assert a.student.frequencies.shape == (2, 256)
+    assert torch.equal(a.student.frequencies, b.student.frequencies)
+    assert not torch.equal(a.student.frequencies, other.student.frequencies)
+    assert float(a.student.frequencies.std()) == pytest.approx(3.0, rel=0.1)
+    plain, zero = distiller(steps=0, seed=1), distiller(steps=0, seed=1,
+                                                     **{"net.fourier_features": 0})
+    assert same_parameters(plain.student, zero.student) and same_parameters(plain.fake, zero.fake)
+
+
+@pytest.mark.parametrize("regression_weight, fourier_features", [(0.0, 0), (1.0, 16)])
+def test_state_dict_round_trip_continues_identically(regression_weight, fourier_features):
+    overrides = {"train.regression_weight": regression_weight, "train.regression_pairs": 64,
+                 "net.fourier_features": fourier_features}
     reference = distiller(steps=4, **overrides)
     half = distiller(steps=2, **overrides)
     resumed = Distiller(half.cfg, half.teacher)
