@@ -326,6 +326,9 @@ def list_() -> None:
                   "(ratio.weight_normalize: weights equal up to a constant train identically): "
                   + classes
                   + "; in general alpha α=a = power α=a-1 for a > 1", highlight=False)
+    console.print("[bold]χ² orientation:[/] with r = q/p (student/teacher), pearson has w = r "
+                  "and neyman w = 1/r²; codebases that write the ratio as p/q swap the names "
+                  "(FastGen's f-distill calls our pearson neyman)", highlight=False)
     console.print("[bold]ratio estimators:[/] " + ", ".join(estimator_names()))
     console.print("[bold]presets:[/] " + ", ".join(preset_names()))
     console.print("[bold]image datasets:[/] " + ", ".join(dataset_names()) + ", folder:PATH")

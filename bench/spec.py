@@ -13,6 +13,9 @@ A spec::
       - generator: [reverse_kl, pearson]
       - generator: [alpha]
         generator.alpha: [0.5, 2.0]
+    controls:                      # grid only: validity controls the report checks
+      aa: {generator: alpha, generator.alpha: 1.0}            # reverse_kl under another name
+      positive: {generator: reverse_kl, train.generator_steps: 100}   # known to be worse
     seeds: [0, 1, 2]               # repetitions, not hyper-parameters
     search:                        # instead of grid: Optuna over a space (one seed)
       num_samples: 12
@@ -20,6 +23,7 @@ A spec::
       space: {generator.alpha: {uniform: [-1, 3]}, train.lr: {loguniform: [3.0e-4, 3.0e-3]}}
     scheduler: {type: asha, grace_period: 100, reduction_factor: 2}
     metric: fd_n2000               # a metric reported during training
+    headline: off_mode_n10000      # optional: the final metric the report compares arms by
     mode: min                      # optional: the metric's declared direction
     resources: {cpu: 1, gpu: 0}
     max_concurrent: 2
@@ -44,13 +48,14 @@ import yaml
 
 from dibregman.config import Config, ConfigError, config_keys, with_overrides
 from dibregman.equivalence import arm_label, normalize_arm, same_method_groups
-from dibregman.evaluate import curve_metrics
+from dibregman.evaluate import curve_metrics, declared_metrics
 from dibregman.presets import get_preset, preset_names
+from dibregman.results import Stage
 from dibregman.validation import validate
 
 KEY_ALIASES = {"generator": "generator.name"}
 TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "seeds", "search", "scheduler",
-                  "metric", "mode", "resources", "max_concurrent", "time_budget_s")
+                  "metric", "headline", "mode", "resources", "max_concurrent", "time_budget_s")
 # Validity controls of a grid sweep: an A/A arm (the reference's method under another name: the
 # report must never flag it) and a positive arm (known to differ: the report must flag it).
 CONTROL_ROLES = {"aa": "A/A control", "positive": "positive control"}
@@ -110,6 +115,8 @@ class SweepSpec:
             prints them. The A/A control is a deliberate duplicate and is not warned about.
         controls: role (``aa``, ``positive``) -> the control arm's name (:func:`arm_name`);
             the control arms are the last points of ``grid``.
+        headline: the final metric the report ranks and compares arms by (None: the one the
+            evaluator declares), e.g. the metric with the best signal-to-noise on the task.
     """
 
     path: Path
@@ -128,6 +135,7 @@ class SweepSpec:
     spec_hash: str = ""
     warnings: list[str] = field(default_factory=list)
     controls: dict[str, str] = field(default_factory=dict)
+    headline: str | None = None
 
     def base_config(self) -> Config:
         """The preset with the spec's base overrides applied."""
@@ -157,12 +165,12 @@ def arm_name(overrides: dict[str, Any]) -> str:
     """The report's name of a grid arm: the generator (:func:`dibregman.equivalence.arm_label`)
     and every other key the arm sets but the seed, e.g. ``pearson``, ``alpha α=0.5`` or
     ``reverse_kl train.lr=0.0003``."""
-    generator = arm_label(str(overrides.get("generator.name", "")),
-                          overrides.get("generator.alpha"))
-    rest = [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
-            for key, value in overrides.items()
-            if key not in ("seed", "generator.name", "generator.alpha")]
-    return " ".join(part for part in (generator, *rest) if part)
+    name = overrides.get("generator.name")
+    named = ("seed", "generator.name", "generator.alpha") if name else ("seed",)
+    parts = [arm_label(str(name), overrides.get("generator.alpha"))] if name else []
+    parts += [f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+              for key, value in overrides.items() if key not in named]
+    return " ".join(parts)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -264,6 +272,11 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         raise fail("mode", f"{mode!r} optimises {metric} the wrong way: {direction} is better "
                            f"(mode: {direction.mode}, or leave mode out)")
 
+    finals = [m.key for m in declared_metrics(base) if m.stage is Stage.FINAL]
+    top = data.get("headline")
+    if top is not None and top not in finals:
+        raise fail("headline", f"{top!r} is not a final metric of preset {preset}; valid: "
+                               f"{', '.join(finals)}")
     scheduler = _parse_scheduler(data.get("scheduler"), fail) if "scheduler" in data else None
     resources = _parse_resources(data.get("resources", {}), fail)
     max_concurrent = data.get("max_concurrent")
@@ -283,7 +296,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:12],
         warnings=(_duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
                   if search is None else []),
-        controls=controls,
+        controls=controls, headline=top,
     )
 
 

@@ -45,6 +45,7 @@ PARENT_TAG = "sweep.parent"  # "true" on parent runs
 EXPERIMENT_PATH_TAG = "sweep.experiment_path"
 TRIAL_TAG = "ray.trial_id"
 ARM_TAG = "arm"  # a grid trial's arm name (bench.spec.arm_name): the report's label
+HEADLINE_TAG = "sweep.headline"  # the final metric the report ranks and compares arms by
 CONTROLS_TAG = "sweep.controls"  # JSON {role: arm name} of the spec's validity controls
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "step", "final", "should_checkpoint", "trial_id",
                "experiment_tag"}
@@ -164,7 +165,7 @@ class SweepTracker(Callback):
             client.log_dict(parent, flatten(base), "base_config.json")
             declared = declared_metrics(base)
             client.log_dict(parent, [m.to_dict() for m in declared], "declared_metrics.json")
-            client.set_tag(parent, "sweep.headline", headline(declared).key)
+            client.set_tag(parent, HEADLINE_TAG, spec.headline or headline(declared).key)
         else:
             client.update_run(parent, status="RUNNING")
         return cls(client, spec, experiment_path, parent)

@@ -146,7 +146,7 @@ NEYMAN = BregmanGenerator(
     h_second=lambda r: torch.reciprocal(r).pow(3),
     weight=lambda r: torch.reciprocal(r).square(),
     ratio_max=math.inf,
-    description="Neyman chi^2: w = 1/r^2",
+    description="Neyman chi^2(q||p): w = 1/r^2",
 )
 
 HELLINGER = BregmanGenerator(

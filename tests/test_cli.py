@@ -20,6 +20,7 @@ def test_list_shows_every_registry():
                  "gmm16d", "MixtureEvaluator", "ImageEvaluator",
                  "fd_cls_n10000", "precision_k3_n5000", "headline", "higher"]:
         assert name in result.output
+    assert "pearson has w = r and neyman w = 1/r²" in " ".join(result.output.split())
 
 
 def test_live_line_shows_the_declared_curve_metrics_of_image_runs_too():

@@ -45,10 +45,9 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
     assert not same_parameters(distiller(seed=1).student, distiller(seed=2).student)
 
 
-def test_fourier_features_are_seeded_and_leave_the_plain_student_untouched():
+def test_fourier_features_are_seeded_and_zero_features_give_the_plain_residual_mlp():
     """The frequencies come from the seed (same seed, same B; another seed, another B) and
-    have the configured scale; with 0 features the networks are the plain ones bit for bit
-    (nothing is drawn for B, so the other networks' initialisations do not shift)."""
+    have the configured scale; with 0 features the student is ``sd (z + MLP(z))``."""
     ff = {"net.fourier_features": 256, "net.fourier_scale": 3.0}
     a, b = distiller(steps=0, seed=1, **ff), distiller(steps=0, seed=1, **ff)
     other = distiller(steps=0, seed=2, **ff)
@@ -56,9 +55,10 @@ def test_fourier_features_are_seeded_and_leave_the_plain_student_untouched():
     assert torch.equal(a.student.frequencies, b.student.frequencies)
     assert not torch.equal(a.student.frequencies, other.student.frequencies)
     assert float(a.student.frequencies.std()) == pytest.approx(3.0, rel=0.1)
-    plain, zero = distiller(steps=0, seed=1), distiller(steps=0, seed=1,
-                                                     **{"net.fourier_features": 0})
-    assert same_parameters(plain.student, zero.student) and same_parameters(plain.fake, zero.fake)
+    plain = distiller(steps=0, seed=1, **{"net.fourier_features": 0}).student
+    z = torch.randn(5, 2)
+    assert plain.frequencies.shape == (2, 0)
+    torch.testing.assert_close(plain(z), plain.sigma_data * (z + plain.net(z)))
 
 
 @pytest.mark.parametrize("regression_weight, fourier_features", [(0.0, 0), (1.0, 16)])

@@ -337,3 +337,23 @@ def test_a_control_without_enough_seeds_is_reported_as_unchecked():
                            controls={"aa": "alpha α=1"})
     comparison = compare(data, order_labels(data, summarise(data)))
     assert "too few seeds; could not be checked" in verdict_lines(data, comparison)[0]
+
+
+def test_provenance_paths_inside_the_repo_are_relative_to_it():
+    from bench.report.pages import repo_relative
+
+    root = Path(__file__).resolve().parents[1]
+    assert repo_relative(str(root / "ray_results" / "x")) == "ray_results/x"
+    assert repo_relative(f"sqlite:///{root}/mlflow.db") == "sqlite:///mlflow.db"
+    assert repo_relative("/elsewhere/mlflow.db") == "/elsewhere/mlflow.db"
+    assert repo_relative("sweeps/divergences.yaml") == "sweeps/divergences.yaml"
+
+
+def test_a_sweep_headline_leads_the_columns_and_the_declared_one_stays_a_column():
+    from bench.report.reading import columns_for
+
+    params = {"teacher": "mixture", "eval.n_final": "512"}
+    declared, _ = columns_for(params)
+    chosen, _ = columns_for(params, "off_mode_n512")
+    assert declared[0].key == "fd_n512" and chosen[0].key == "off_mode_n512"
+    assert sorted(c.key for c in chosen) == sorted(c.key for c in declared)

@@ -39,12 +39,22 @@ def test_shipped_specs_are_valid():
         assert spec.name == path.stem
 
 
-def test_default_sweep_covers_every_generator():
+def test_default_sweep_holds_one_arm_per_method_and_both_controls():
+    """Every registered generator is an arm or equivalent to one (logistic, power); no two arms
+    are the same method (no warnings); 10 seeds, enough for Holm over its 12 comparisons."""
     from dibregman.bregman import generator_names
+    from dibregman.equivalence import known_equivalences
 
     spec = load_spec(SWEEPS / "divergences.yaml")
-    assert {t["generator.name"] for t in spec.trials()} == set(generator_names())
-    assert len(spec.seeds) == 3
+    names = {t["generator.name"] for t in spec.trials()}
+    covered = names | {label.split()[0] for group in known_equivalences()
+                       if any(member.split()[0] in names for member in group)
+                       for label in group}
+    assert covered >= set(generator_names())
+    assert spec.warnings == []
+    assert spec.controls == {"aa": "alpha α=1",
+                             "positive": "reverse_kl train.generator_steps=100"}
+    assert len(spec.seeds) == 10 and len(spec.grid) == 13
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -143,15 +153,6 @@ def test_equivalent_arms_warn_without_refusing_the_spec(tmp_path, change, warnin
     assert len(spec.trials()) == 3 * len(spec.grid)  # every arm is kept
 
 
-def test_shipped_divergences_grid_warns_about_its_equivalent_arms():
-    spec = load_spec(SWEEPS / "divergences.yaml")
-    assert len(spec.trials()) == 42  # the grid the committed report was built from
-    assert [w.split(" are the same method")[0] for w in spec.warnings] == [
-        "grid: jensen_shannon and logistic", "grid: hellinger and alpha α=0.5",
-        "grid: alpha α=1.5 and power α=0.5"]
-    assert all(w.endswith("3 of 42 trials duplicate others") for w in spec.warnings)
-
-
 def test_sweep_dry_run_prints_the_warning_and_exits_0(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -196,3 +197,14 @@ def test_arm_name_shows_every_key_but_the_seed():
     assert arm_name({"generator.name": "alpha", "generator.alpha": 0.5, "seed": 3}) == "alpha α=0.5"
     assert arm_name({"generator.name": "reverse_kl", "train.lr": 3e-4, "seed": 0}) == (
         "reverse_kl train.lr=0.0003")
+
+
+def test_headline_names_a_final_metric_of_the_preset(tmp_path):
+    spec = load_spec(write(tmp_path, {**BASE, "headline": "off_mode_n512"}))
+    assert spec.headline == "off_mode_n512"
+    assert load_spec(write(tmp_path, BASE)).headline is None
+    with pytest.raises(SpecError, match="headline: 'fd_n256' is not a final metric of preset "
+                                        "gmm2d-tiny; valid: fd_n512"):
+        load_spec(write(tmp_path, {**BASE, "headline": "fd_n256"}))
+    assert arm_name({"generator.alpha": 0.5, "train.lr": 1e-3}) == (
+        "generator.alpha=0.5 train.lr=0.001")  # a search point: no generator name

@@ -121,7 +121,7 @@ def test_dry_run_lists_trials_without_starting_anything(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["sweep", str(REPO / "sweeps" / "divergences.yaml"),
                                       "--dry-run"])
     assert result.exit_code == 0
-    assert "42 trials" in result.output and "power-a0.5-s2" in result.output
+    assert "130 trials" in result.output and "alpha-a1.5-s9" in result.output
     assert list(tmp_path.iterdir()) == []
 
 
@@ -228,3 +228,37 @@ def test_alpha_search_spec_end_to_end(tmp_path):
                         storage=tmp_path / "ray", num_cpus=2)
     assert sum(summary.counts.values()) == spec.search.num_samples
     assert summary.best is not None
+
+
+def test_validity_controls_on_a_tiny_sweep(tmp_path):
+    """A real sweep with both controls, 7 seeds: the A/A arm (alpha α=1) trains exactly as
+    reverse_kl, so its per-seed FDs equal the reference's and it is never flagged; the positive
+    arm (stopped after 1 of 40 student steps) is flagged worse on every seed. 7 seeds is the
+    fewest at which the sign-flip test can pass Holm over these 2 comparisons (p = 2 / 2^7)."""
+    from bench.report import build_report
+    from bench.report.reading import find_parent, load_sweep
+
+    seeds = list(range(7))
+    path = write_spec(tmp_path, {
+        "name": "controls", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": seeds,
+        "set": {"train.generator_steps": 40, "eval.every": 40, "checkpoint_every": 40,
+                "log_every": 20},
+        "grid": {"generator": ["reverse_kl"]},
+        "controls": {"aa": {"generator": "alpha", "generator.alpha": 1.0},
+                     "positive": {"generator": "reverse_kl", "train.generator_steps": 1}},
+    })
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    summary = run_sweep(load_spec(path), tracking_uri=uri, storage=tmp_path / "ray", num_cpus=2)
+    assert summary.counts["finished"] == 21
+    out = build_report("controls", uri, tmp_path / "report")
+    client = mlflow.MlflowClient(uri)
+    runs = load_sweep(client, find_parent(client, "controls"), uri).runs
+    fd = {label: runs[runs.label == label].set_index("seed").fd_n512.sort_index()
+          for label in ("reverse_kl", "alpha α=1", "reverse_kl train.generator_steps=1")}
+    assert fd["alpha α=1"].tolist() == fd["reverse_kl"].tolist()
+    assert (fd["reverse_kl train.generator_steps=1"] > fd["reverse_kl"]).all()
+    text = (out / "README.md").read_text()
+    assert ("Validity control, A/A control alpha α=1 (the reference's method under another "
+            "name; it must not be flagged): no detectable difference; behaved.") in text
+    assert ("Validity control, positive control reverse_kl train.generator_steps=1 (an arm "
+            "known to differ; it must be flagged): worse; behaved.") in text

@@ -29,6 +29,19 @@ PACKAGES = ("dibregman", "torch", "ray", "mlflow", "optuna", "pandas", "matplotl
             "numpy")
 
 
+def repo_relative(location: str | None) -> str | None:
+    """A path (or ``sqlite:///`` URI) inside the source tree, relative to it: a committed report
+    must not carry the paths of the machine it was made on. Others stay as they are."""
+    if not location:
+        return location
+    prefix = "sqlite:///" if location.startswith("sqlite:///") else ""
+    path = Path(location[len(prefix):])
+    root = Path(__file__).resolve().parents[2]
+    if path.is_absolute() and path.resolve().is_relative_to(root):
+        return prefix + str(path.resolve().relative_to(root))
+    return location
+
+
 def provenance(data: SweepData, client: MlflowClient) -> dict[str, Any]:
     """Where the report's numbers come from: the sweep's spec, runs, store, code revisions,
     package versions and metric protocol (from the first run's provenance file)."""
@@ -46,11 +59,11 @@ def provenance(data: SweepData, client: MlflowClient) -> dict[str, Any]:
     return {
         "sweep": data.name,
         "spec_hash": tags.get("sweep.spec_hash"),
-        "spec_path": tags.get("sweep.spec_path"),
+        "spec_path": repo_relative(tags.get("sweep.spec_path")),
         "spec": spec_text,
         "parent_run_id": data.parent.info.run_id,
-        "ray_experiment": tags.get(EXPERIMENT_PATH_TAG),
-        "tracking_uri": data.tracking_uri,
+        "ray_experiment": repo_relative(tags.get(EXPERIMENT_PATH_TAG)),
+        "tracking_uri": repo_relative(data.tracking_uri),
         "sweep_git_revision": tags.get("code.git_revision"),
         "report_git_revision": git_revision(),
         "python": platform.python_version(),

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from bench.tracking import ARM_TAG, CONTROLS_TAG, PARENT_TAG, child_runs
+from bench.tracking import ARM_TAG, CONTROLS_TAG, HEADLINE_TAG, PARENT_TAG, child_runs
 
 # Artifact downloads in the report (samples pictures, spec, provenance) are single small files:
 # no progress bar per file. Set here, on the first import of the package, before any download.
@@ -55,8 +55,8 @@ class SweepData:
 
     @property
     def headline(self) -> MetricSpec:
-        """The metric arms are ranked by."""
-        return headline(self.columns)
+        """The metric arms are ranked and compared by: the first column."""
+        return self.columns[0]
 
     def column(self, name: str) -> MetricSpec | None:
         """The column of metric ``name`` (``precision``, ``wall_time``), if declared."""
@@ -91,15 +91,17 @@ def find_parent(client: MlflowClient, sweep: str | None) -> Any:
                       f"trials yet; {listing}")
 
 
-def columns_for(params: dict[str, str]) -> tuple[list[MetricSpec], MetricSpec]:
+def columns_for(params: dict[str, str],
+                headline_key: str | None = None) -> tuple[list[MetricSpec], MetricSpec]:
     """The declared final metrics (headline first, costs last) and the curve metric of the
-    headline's kind, for a run with these MLflow params (its ``teacher`` and ``eval.*``)."""
+    headline's kind, for a run with these MLflow params (its ``teacher`` and ``eval.*``).
+    ``headline_key``: the sweep's headline (its spec's ``headline``), if not the declared one."""
     evaluation = {k: v for k, v in params.items() if k.startswith("eval.")}
     cfg = with_overrides(Config(teacher=params["teacher"], eval=EvalConfig()), evaluation)
     declared = declared_metrics(cfg)
     final = [m for m in declared if m.stage is Stage.FINAL]
-    top = headline(final)
-    columns = [top, *[m for m in final if m.role is Role.DIAGNOSTIC],
+    top = next((m for m in final if m.key == headline_key), None) or headline(final)
+    columns = [top, *[m for m in final if m.role is not Role.COST and m is not top],
                *[m for m in final if m.role is Role.COST]]
     curves = [m for m in declared if m.stage is Stage.CURVE]
     curve = next((m for m in curves if m.name == top.name), curves[0])
@@ -129,7 +131,7 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
         frame["label"] = frame["run_name"].str.replace(r"-s\d+$", "", regex=True)
     else:
         frame["label"] = [run.data.tags[ARM_TAG] for run in runs]
-    columns, curve = columns_for(runs[0].data.params)
+    columns, curve = columns_for(runs[0].data.params, parent.data.tags.get(HEADLINE_TAG))
     history_keys = (curve.key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
                     "ratio_q50", "ratio_q95", "ratio_accuracy")
     history_rows = []
