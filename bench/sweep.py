@@ -62,7 +62,10 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
         with restored.as_directory() as directory:
             local.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(Path(directory) / CHECKPOINT_FILE, local)
-    latest: dict[str, Any] = {}
+    # Every report carries the latest curve metrics, so that Tune always finds the sweep's
+    # metric: a trial restored from a checkpoint (a killed driver or worker) reports log records
+    # before its next evaluation, and those take the values its earlier attempt evaluated.
+    latest = last_values(run_dir / METRICS_FILE, curve_keys)
     reported_final = False
 
     def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
@@ -74,9 +77,23 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
 
     result = run_experiment(cfg, run_dir, on_report=report)
     if not reported_final:  # the run had ended before this attempt: report its stored result
-        for line in (run_dir / METRICS_FILE).read_text().splitlines():
-            latest.update({k: v for k, v in json.loads(line).items() if k == metric})
+        latest.update(last_values(run_dir / METRICS_FILE, {metric}))
         report(result.final_report(), None)
+
+
+def last_values(metrics_file: Path, keys: set[str]) -> dict[str, Any]:
+    """The last value of each of ``keys`` in a run's ``metrics.jsonl`` (empty if the file does
+    not exist; a line a kill cut short is skipped)."""
+    values: dict[str, Any] = {}
+    if not metrics_file.exists():
+        return values
+    for line in metrics_file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        values.update({k: v for k, v in record.items() if k in keys})
+    return values
 
 
 def tune_domain(domain: Domain) -> Any:
@@ -304,6 +321,9 @@ def run_sweep(
         tuner.fit()
     except KeyboardInterrupt:
         pass  # a second Ctrl-C: Tune skipped its last snapshot; the sweep is interrupted
+    except BaseException:
+        tracker.close("FAILED")  # no run is left RUNNING in MLflow when Tune itself fails
+        raise
     finally:
         ray.shutdown()
     view = LiveView.active or view

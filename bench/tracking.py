@@ -122,14 +122,22 @@ class SweepTracker(Callback):
         self.tracking_uri = client.tracking_uri
         self.logged_step: dict[str, int] = {}
         self.logged_keys: dict[str, set[str]] = {}
+        # Child runs that had finished before this driver started (a resume): Tune may run or
+        # report such a trial again when its last snapshot predates the kill; MLflow keeps the
+        # first, finished record untouched (metrics, status, end time).
+        self.finished_before: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; a client holds locks.
         return {k: v for k, v in self.__dict__.items() if k != "client"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled on --resume: the snapshot may predate a kill, so what each child run holds
+        # is read again from MLflow (the record) by _child, not taken from the snapshot.
         self.__dict__.update(state)
         self.client = MlflowClient(self.tracking_uri)
+        self.run_ids, self.logged_step, self.logged_keys = {}, {}, {}
+        self.finished_before = set()
 
     # -- parent ----------------------------------------------------------------------------------
 
@@ -188,7 +196,10 @@ class SweepTracker(Callback):
             f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' "
             f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=1)
         overrides = trial.config["overrides"]
-        if found:
+        if found and found[0].info.status == "FINISHED":
+            run_id = found[0].info.run_id
+            self.finished_before.add(run_id)
+        elif found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             history = self.client.get_metric_history(run_id, ELAPSED)
@@ -226,6 +237,8 @@ class SweepTracker(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict, **info) -> None:
         run_id = self._child(trial)
+        if run_id in self.finished_before:
+            return
         step = int(result.get("step", 0))
         metrics = _finite_metrics(result, step, int(time.time() * 1000))
         if result.get("final"):
@@ -246,6 +259,8 @@ class SweepTracker(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info) -> None:
         run_id = self._child(trial)
+        if run_id in self.finished_before:
+            return
         last = trial.last_result or {}
         if not last.get("final"):
             # Stopped early by the scheduler or the time budget: a finished trial, not a run
@@ -270,13 +285,18 @@ class SweepTracker(Callback):
         logged = {m.step for m in self.client.get_metric_history(run_id, ELAPSED)}
         now = int(time.time() * 1000)
         for line in metrics_file.read_text().splitlines():
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a run killed mid-write
+                continue
             if record["step"] not in logged:
                 self.client.log_batch(run_id, metrics=_finite_metrics(record, record["step"],
                                                                       now))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         run_id = self._child(trial)
+        if run_id in self.finished_before:
+            return
         if trial.error_file and Path(trial.error_file).exists():
             self.client.log_artifact(run_id, trial.error_file)
         self.client.set_tag(run_id, "status", str(Status.FAILED))

@@ -76,9 +76,18 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"unknown image_teacher.dataset {dataset!r}; valid: "
                               f"{', '.join(dataset_names())}, folder:PATH")
     check_applicable(cfg, kind)
+    not_finite = [key for key, value in flatten(cfg).items()
+                  if any(isinstance(v, float) and not math.isfinite(v)
+                         for v in (value if isinstance(value, tuple) else (value,)))]
+    if not_finite:
+        raise ConfigError(f"{not_finite[0]} must be a finite number (not inf or nan)")
     for ok, message in [*_range_checks(cfg), *_mixture_checks(cfg.mixture)]:
         if not ok:
             raise ConfigError(message)
+
+
+FP32_MAX = 3.4e38  # the largest learning rate the fp32 optimiser state can hold
+MAX_THREADS = 1024
 
 
 def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
@@ -90,7 +99,13 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
          "train.critic_steps_per_generator_step must be >= 1"),
         (train.fake_warmup_steps >= 0, "train.fake_warmup_steps must be >= 0"),
         (train.batch_size >= 2, "train.batch_size must be >= 2"),
-        (train.lr > 0, "train.lr must be > 0"),
+        (0 < train.lr <= FP32_MAX, f"train.lr must be > 0 and <= {FP32_MAX:g} (fp32)"),
+        (train.grad_clip > 0, "train.grad_clip must be > 0 (the largest gradient norm)"),
+        (train.rho > 0, "train.rho must be > 0 (the Karras schedule's exponent)"),
+        (all(0 <= b < 1 for b in train.betas), "train.betas must both be in [0, 1)"),
+        (train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (train.sigma_grid_size >= 2, "train.sigma_grid_size must be >= 2"),
+        (0 <= cfg.seed < 2**63, "seed must be in [0, 2^63)"),
         (train.fake_lr_scale > 0, "train.fake_lr_scale must be > 0"),
         (0 <= train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (train.gan_weight >= 0, "train.gan_weight must be >= 0"),
@@ -112,7 +127,8 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
         (min(ev.n_curve, ev.n_final, ev.n_pr, ev.n_mmd) >= 16,
          "eval sample counts must be >= 16"),
         (ev.pr_k >= 1, "eval.pr_k must be >= 1"),
-        (cfg.num_threads >= 0, "num_threads must be >= 0"),
+        (0 <= cfg.num_threads <= MAX_THREADS,
+         f"num_threads must be in [0, {MAX_THREADS}] (0 keeps torch's setting)"),
         (len(cfg.image_teacher.channel_mult) >= 1,
          "image_teacher.channel_mult must list at least one level multiplier, e.g. 1,2"),
     ]

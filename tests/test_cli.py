@@ -55,6 +55,17 @@ def test_run_tiny_with_overrides(tmp_path):
     (["--generator", "power", "--alpha", "-1"], "generator.alpha"),
     (["--set", "train.sigma_init=2.5"], "train.sigma_init=2.5 does not apply to teacher 'mixture'"),
     (["--set", "image_teacher.channels=16"], "image_teacher.channels=16 does not apply"),
+    (["--set", "train.lr=inf"], "train.lr must be a finite number (not inf or nan)"),
+    (["--set", "train.sigma_max=inf"], "train.sigma_max must be a finite number"),
+    (["--set", "train.lr=1e300"], "train.lr must be > 0 and <= 3.4e+38 (fp32)"),
+    (["--set", "train.rho=0"], "train.rho must be > 0"),
+    (["--set", "train.grad_clip=0"], "train.grad_clip must be > 0"),
+    (["--set", "train.betas=2,2"], "train.betas must both be in [0, 1)"),
+    (["--set", "train.weight_decay=-1"], "train.weight_decay must be >= 0"),
+    (["--set", "train.sigma_grid_size=1"], "train.sigma_grid_size must be >= 2"),
+    (["--seed", str(2**63)], "seed must be in [0, 2^63)"),
+    (["--set", "num_threads=100000"], "num_threads must be in [0, 1024]"),
+    (["--set", "net.fourier_features=-1"], "net.fourier_features must be >= 0"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "never"

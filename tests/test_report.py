@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from bench.cli import app
@@ -177,6 +178,25 @@ def test_unknown_sweep_lists_the_sweeps_and_exits_2(grid_sweep, tmp_path):
                                       str(tmp_path / "y")])
     assert result.exit_code == 2 and "sweeps in the store: grid" in result.output
     assert not (tmp_path / "y").exists()
+
+
+def test_a_sweep_without_a_finished_run_exits_2_and_writes_nothing(tmp_path):
+    """Every run diverged (lr 1e12): nothing to chart or compare, so one line and exit 2."""
+    from bench.spec import load_spec
+    from bench.sweep import run_sweep
+
+    path = tmp_path / "diverged.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "diverged", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": [0, 1],
+        "set": {"train.lr": 1e12, "train.max_nonfinite_steps": 2},
+        "grid": {"generator": ["reverse_kl"]}}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_sweep(load_spec(path), tracking_uri=uri, storage=tmp_path / "ray", num_cpus=2)
+    result = CliRunner().invoke(app, ["report", "diverged", "--tracking-uri", uri, "--out",
+                                      str(tmp_path / "report")])
+    assert result.exit_code == 2, result.output
+    assert "sweep 'diverged' has no finished run (2 diverged)" in result.output
+    assert not (tmp_path / "report").exists()
 
 
 def test_missing_store_exits_2(tmp_path, monkeypatch):

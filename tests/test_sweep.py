@@ -1,5 +1,6 @@
 """Sweeps on a real local Ray runtime with a real sqlite MLflow store in a temporary directory."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -262,3 +263,169 @@ def test_validity_controls_on_a_tiny_sweep(tmp_path):
             "name; it must not be flagged): no detectable difference; behaved.") in text
     assert ("Validity control, positive control reverse_kl train.generator_steps=1 (an arm "
             "known to differ; it must be flagged): worse; behaved.") in text
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root``, from /proc (to stop a killed driver's Ray by process id)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], list(children.get(root, []))
+    while frontier:
+        pid = frontier.pop()
+        found.append(pid)
+        frontier += children.get(pid, [])
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+KILL_SPEC = {
+    "name": "killed", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": [0, 1, 2],
+    # The curve metric every 50 steps, checkpoints every 30, records every 10: a trial restored
+    # from its step-30 checkpoint reports steps 40 before it evaluates again.
+    "set": {"train.generator_steps": 150, "log_every": 10, "checkpoint_every": 30,
+            "eval.every": 50},
+    "grid": {"generator": ["reverse_kl", "pearson"]},
+}
+
+
+def uninterrupted_final(tmp_path: Path, name: str) -> dict:
+    """The final metrics of trial ``name`` (e.g. ``pearson-s1``) run without interruption."""
+    generator, seed = name.rsplit("-s", 1)
+    cfg = with_overrides(get_preset("gmm2d-tiny"), {**KILL_SPEC["set"],
+                                                     "generator.name": generator,
+                                                     "seed": int(seed)})
+    from dibregman.run import run_experiment
+
+    return run_experiment(cfg, tmp_path / "reference" / name).metrics
+
+
+def assert_every_trial_finished_once(client, tmp_path, finished_before: dict[str, int]):
+    """One FINISHED child per trial, nothing RUNNING, each record step logged once, finished
+    trials' end times untouched, and final metrics equal to uninterrupted runs'."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiments, "tags.`sweep.parent` = 'true'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    runs = client.search_runs(experiments, "tags.`mlflow.parentRunId` != ''")
+    expected = sorted(f"{g}-s{s}" for g in ("reverse_kl", "pearson") for s in range(3))
+    assert sorted(r.info.run_name for r in runs) == expected
+    assert all(r.info.status == "FINISHED" and r.data.tags["status"] == "finished" for r in runs)
+    for run in runs:
+        name = run.info.run_name
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "weight_mean")]
+        assert sorted(steps) == list(range(10, 151, 10)), name
+        if name in finished_before:
+            assert run.info.end_time == finished_before[name], name
+        reference = uninterrupted_final(tmp_path, name)
+        assert run.data.metrics["fd_n512"] == reference["fd_n512"], name
+
+
+def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL the driver (then its Ray processes, by process id) once two trials have finished
+    and another is past its first checkpoint: MLflow is left with RUNNING runs; ``--resume``
+    ends every trial once, with the finished trials untouched and every final metric equal to
+    an uninterrupted run's."""
+    spec = write_spec(tmp_path, KILL_SPEC)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "bench.cli", "sweep", str(spec), "--tracking-uri", uri,
+               "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    client = mlflow.MlflowClient(uri)
+    finished_before: dict[str, int] = {}
+    past_checkpoint: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and (len(finished_before) < 2 or not past_checkpoint):
+            time.sleep(0.3)
+            if not (tmp_path / "mlflow.db").exists():
+                continue
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      "tags.`mlflow.parentRunId` != ''")
+            finished_before = {r.info.run_name: r.info.end_time for r in runs
+                               if r.info.status == "FINISHED"}
+            past_checkpoint = [
+                r.info.run_name for r in runs if r.info.status == "RUNNING" and 40 <= max(
+                    (m.step for m in client.get_metric_history(r.info.run_id, "weight_mean")),
+                    default=0) < 150]
+        ray_processes = descendants(first.pid)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        for pid in ray_processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert len(finished_before) >= 2 and past_checkpoint, "the sweep was not killed in time"
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    left = client.search_runs(experiments, "attributes.status = 'RUNNING'")
+    assert left  # a SIGKILLed driver closes nothing: the resume must
+
+    resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_every_trial_finished_once(client, tmp_path, finished_before)
+
+
+def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path):
+    """SIGKILL the Ray worker running a trial past its first checkpoint: Tune retries the trial
+    from that checkpoint; the sweep exits 0 and every trial ends once with the uninterrupted
+    result, the retried one tagged ``retries``."""
+    spec = write_spec(tmp_path, KILL_SPEC)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "bench.cli", "sweep", str(spec), "--tracking-uri", uri,
+               "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]
+    sweep = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    client = mlflow.MlflowClient(uri)
+    killed = None
+    try:
+        deadline = time.monotonic() + 240
+        while killed is None and time.monotonic() < deadline and sweep.poll() is None:
+            time.sleep(0.3)
+            if not (tmp_path / "mlflow.db").exists():
+                continue
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      "attributes.status = 'RUNNING' and "
+                                      "tags.`mlflow.parentRunId` != ''")
+            ready = [r for r in runs if 40 <= max(
+                (m.step for m in client.get_metric_history(r.info.run_id, "weight_mean")),
+                default=0) < 130]
+            workers = [pid for pid in descendants(sweep.pid)
+                       if "distill_trainable" in command_line(pid)]
+            if ready and workers:
+                os.kill(workers[0], signal.SIGKILL)
+                killed = workers[0]
+        output, _ = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert killed is not None, "no trial worker was found in time"
+    assert sweep.returncode == 0, output
+    assert_every_trial_finished_once(client, tmp_path, {})
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`mlflow.parentRunId` != ''")
+    assert sum(int(r.data.tags.get("retries", "0")) for r in runs) >= 1
+
+
+def test_last_values_skip_a_line_a_kill_cut_short(tmp_path):
+    from bench.sweep import last_values
+
+    path = tmp_path / "metrics.jsonl"
+    assert last_values(path, {"fd_n256"}) == {}
+    path.write_text('{"step": 10, "fd_n256": 0.5, "loss": 1}\n{"step": 20, "loss": 2}\n'
+                    '{"step": 30, "fd_n256": 0.25}\n{"step": 40, "fd_n2')
+    assert last_values(path, {"fd_n256"}) == {"fd_n256": 0.25}

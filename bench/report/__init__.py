@@ -31,6 +31,7 @@ from bench.report.tables import (
     write_csvs,
 )
 from bench.tracking import open_store, resolve_tracking_uri
+from dibregman.results import Status
 
 __all__ = ["FORMATS", "ReportError", "build_report"]
 
@@ -57,6 +58,10 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
                           f"--tracking-uri")
     client = open_store(uri)
     data = load_sweep(client, find_parent(client, sweep), uri)
+    if not (data.runs.status == Status.FINISHED).any():
+        counts = ", ".join(f"{n} {s}" for s, n in data.runs.status.value_counts().items())
+        raise ReportError(f"sweep {data.name!r} has no finished run ({counts}): nothing to "
+                          f"compare; each run's error is in its MLflow run")
     out = Path(out) if out else Path("reports") / data.name
     out.mkdir(parents=True, exist_ok=True)
 
