@@ -11,6 +11,7 @@ logged step are not logged again. Every run ends FINISHED, FAILED or KILLED.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -73,10 +74,29 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 def open_store(uri: str) -> MlflowClient:
-    """Point MLflow at ``uri`` and make sure the store exists (creates a sqlite file once)."""
+    """Point MLflow at ``uri`` and make sure the store exists (creates a sqlite file once).
+
+    MLflow creates and migrates a new sqlite store on the first query of each process; two
+    processes doing it at once collide (``duplicate column name``). For a sqlite store the
+    first query therefore holds an exclusive lock on ``<store>.lock``, so concurrent sweeps
+    (and readers) on a new store take turns: the first migrates, the others find it current.
+    """
+    if not uri.startswith("sqlite:///"):
+        return _connect(uri)
+    lock = Path(uri[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            return _connect(uri)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _connect(uri: str) -> MlflowClient:
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    client.search_experiments(max_results=1)  # creates and migrates a fresh sqlite store
+    client.search_experiments(max_results=1)  # creates and migrates a new store
     return client
 
 

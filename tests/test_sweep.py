@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.spec import load_spec
 from bench.sweep import run_sweep
+from bench.tracking import open_store
 from dibregman.config import flatten, with_overrides
 from dibregman.presets import get_preset
 
@@ -158,8 +159,6 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
         early = []  # running trials with most of their steps ahead: they cannot end in time
         while time.monotonic() < deadline and (len(finished_before) < 2 or not early):
             time.sleep(0.5)
-            if not (tmp_path / "mlflow.db").exists():
-                continue
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                       "tags.`mlflow.parentRunId` != ''")
             finished_before = {r.info.run_name: r.info.end_time for r in runs
@@ -283,6 +282,7 @@ def descendants(root: int) -> list[int]:
 
 
 def command_line(pid: int) -> str:
+    """The process's command line; a Ray trial worker's reads ``ray::ImplicitFunc.train``."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
@@ -340,17 +340,15 @@ def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path)
     command = [sys.executable, "-m", "bench.cli", "sweep", str(spec), "--tracking-uri", uri,
                "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    client = open_store(uri)  # the test reads the store while the sweep writes it
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-    client = mlflow.MlflowClient(uri)
     finished_before: dict[str, int] = {}
     past_checkpoint: list[str] = []
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and (len(finished_before) < 2 or not past_checkpoint):
             time.sleep(0.3)
-            if not (tmp_path / "mlflow.db").exists():
-                continue
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                       "tags.`mlflow.parentRunId` != ''")
             finished_before = {r.info.run_name: r.info.end_time for r in runs
@@ -387,17 +385,15 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     command = [sys.executable, "-m", "bench.cli", "sweep", str(spec), "--tracking-uri", uri,
                "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]
+    client = open_store(uri)
     sweep = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
-    client = mlflow.MlflowClient(uri)
     killed = None
     try:
         deadline = time.monotonic() + 240
         while killed is None and time.monotonic() < deadline and sweep.poll() is None:
             time.sleep(0.3)
-            if not (tmp_path / "mlflow.db").exists():
-                continue
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                       "attributes.status = 'RUNNING' and "
                                       "tags.`mlflow.parentRunId` != ''")
@@ -405,7 +401,7 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path):
                 (m.step for m in client.get_metric_history(r.info.run_id, "weight_mean")),
                 default=0) < 130]
             workers = [pid for pid in descendants(sweep.pid)
-                       if "distill_trainable" in command_line(pid)]
+                       if command_line(pid).startswith("ray::ImplicitFunc")]
             if ready and workers:
                 os.kill(workers[0], signal.SIGKILL)
                 killed = workers[0]
@@ -429,3 +425,17 @@ def test_last_values_skip_a_line_a_kill_cut_short(tmp_path):
     path.write_text('{"step": 10, "fd_n256": 0.5, "loss": 1}\n{"step": 20, "loss": 2}\n'
                     '{"step": 30, "fd_n256": 0.25}\n{"step": 40, "fd_n2')
     assert last_values(path, {"fd_n256"}) == {"fd_n256": 0.25}
+
+
+def test_processes_opening_a_new_store_at_once_take_turns(tmp_path):
+    """Four processes open the same new sqlite store at the same moment: without the lock in
+    open_store, MLflow's migrations collide (duplicate column name); with it, all succeed."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = ("import sys, time; from bench.tracking import open_store; "
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); open_store(sys.argv[1])")
+    start = time.time() + 8  # after every interpreter has imported mlflow
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(start)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert open_store(uri).search_experiments()  # one store, migrated, with its Default
