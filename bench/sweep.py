@@ -227,6 +227,20 @@ def prepare_teachers(spec: SweepSpec, console: Console) -> None:
             train_teacher(teacher_cfg, device=str(resolve_device(device)))
 
 
+def new_experiment_dir(storage: Path, name: str) -> Path:
+    """A new ``storage/<name>-<time>`` directory, created here so that two sweeps started in
+    the same second get two (the second ``-2``) instead of sharing one."""
+    stem = f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    path, attempt = storage / stem, 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            attempt += 1
+            path = storage / f"{stem}-{attempt}"
+
+
 def latest_experiment(storage: Path, name: str) -> Path | None:
     """The newest restorable Ray experiment directory of sweep ``name`` under ``storage``."""
     candidates = sorted(storage.glob(f"{name}-*"), key=lambda p: p.name, reverse=True)
@@ -283,8 +297,7 @@ def run_sweep(
                 f"no interrupted sweep {spec.name!r} under {storage} to resume")
         experiment_path = previous
     else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        experiment_path = storage / f"{spec.name}-{stamp}"
+        experiment_path = new_experiment_dir(storage, spec.name)
     prepare_teachers(spec, console)
     client = open_store(uri)  # the driver creates the store before any trial starts
     tracker = SweepTracker.start(client, spec, str(experiment_path), resume=resume)

@@ -439,3 +439,20 @@ def test_processes_opening_a_new_store_at_once_take_turns(tmp_path):
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     assert open_store(uri).search_experiments()  # one store, migrated, with its Default
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    import datetime
+
+    import bench.sweep
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 27, 12, 0, 0)
+
+    monkeypatch.setattr(bench.sweep, "datetime", Frozen)
+    made = [bench.sweep.new_experiment_dir(tmp_path, "s") for _ in range(3)]
+    assert [p.name for p in made] == ["s-20261127-120000", "s-20261127-120000-2",
+                                      "s-20261127-120000-3"]
+    assert all(p.is_dir() for p in made)
