@@ -251,7 +251,7 @@ def sweep(
         summary = run_sweep(spec, address=address, resume=resume, max_concurrent=max_concurrent,
                             tracking_uri=tracking_uri, storage=storage, num_cpus=num_cpus,
                             console=console)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, SpecError) as err:
         raise fail(str(err)) from None
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v)
     console.print(f"sweep {spec.name}: {counts or 'no trials ended'} in "

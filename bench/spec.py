@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,10 @@ class SweepSpec:
 
 
 def trial_name(overrides: dict[str, Any]) -> str:
-    """A readable trial name from its overrides, e.g. ``alpha-a0.5-s1`` or ``pearson-s0``."""
+    """A readable trial name from its overrides, e.g. ``alpha-a0.5-s1`` or ``pearson-s0``.
+
+    It names the trial's directory too, so characters a file name cannot hold (``/`` in a
+    ``folder:PATH`` dataset) become ``_`` and it is cut to 120 characters before the seed."""
     parts = []
     for key, value in overrides.items():
         if key == "seed":
@@ -157,8 +161,8 @@ def trial_name(overrides: dict[str, Any]) -> str:
         else:
             label = {"generator.alpha": "a"}.get(key, key.rsplit(".", 1)[-1] + "=")
             parts.append(f"{label}{value:.4g}" if isinstance(value, float) else f"{label}{value}")
-    parts.append(f"s{overrides.get('seed', 0)}")
-    return "-".join(parts)
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", "-".join(parts))[:120]
+    return f"{name}-s{overrides.get('seed', 0)}" if parts else f"s{overrides.get('seed', 0)}"
 
 
 def arm_name(overrides: dict[str, Any]) -> str:
@@ -183,10 +187,53 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not path.is_file():
         raise SpecError(f"{path}: no such sweep spec file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a sweep spec") from None
+    _check_plain(data, str(path), "")
     return parse_spec(data, path)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the last would win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_DEPTH = 8  # a spec nests at most: grid list > mapping > values list
+INT_LIMIT = 2**63
+
+
+def _check_plain(value: Any, where: str, key: str, depth: int = 0) -> None:
+    """Refuse what no spec field takes, before any field is read: nesting deeper than
+    ``MAX_DEPTH``, integers outside ``(-2^63, 2^63)`` and non-finite floats."""
+    label = f"{where}: {key or 'the spec'}"
+    if depth > MAX_DEPTH:
+        raise SpecError(f"{label}: nested too deeply (more than {MAX_DEPTH} levels)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(v, where, f"{key}.{k}" if key else str(k), depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain(v, where, f"{key}[{i}]", depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+        raise SpecError(f"{label}: {value} is outside the 64-bit integer range")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{label}: {value!r} must be a finite number")
 
 
 def parse_spec(data: Any, path: Path) -> SweepSpec:
@@ -206,8 +253,8 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
             raise fail(key, "missing (required: name, preset, metric)")
 
     name = data["name"]
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        raise fail("name", f"{name!r} must be a non-empty string of letters, digits, '-', '_'")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", name):
+        raise fail("name", f"{name!r} must be 1 to 100 letters, digits, '-' or '_'")
     preset = data["preset"]
     if preset not in preset_names():
         raise fail("preset", f"unknown preset {preset!r}; valid: {', '.join(preset_names())}")
@@ -395,8 +442,9 @@ def _parse_search(value: Any, fail) -> SearchSpec:
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise fail("search.num_samples", f"{num_samples!r} must be a positive integer")
     sampler_seed = value.get("sampler_seed", 0)
-    if not isinstance(sampler_seed, int) or isinstance(sampler_seed, bool):
-        raise fail("search.sampler_seed", f"{sampler_seed!r} must be an integer")
+    if (not isinstance(sampler_seed, int) or isinstance(sampler_seed, bool)
+            or not 0 <= sampler_seed < 2**32):
+        raise fail("search.sampler_seed", f"{sampler_seed!r} must be an integer in [0, 2^32)")
     space_data = value.get("space")
     if not isinstance(space_data, dict) or not space_data:
         raise fail("search.space", "must be a non-empty mapping of config keys to domains")

@@ -31,7 +31,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
-from bench.spec import Domain, SweepSpec, trial_name
+from bench.spec import Domain, SpecError, SweepSpec, trial_name
 from bench.tracking import SweepTracker, open_store, resolve_tracking_uri, trial_run_dir
 from dibregman.config import from_dict, to_dict, with_overrides
 from dibregman.evaluate import curve_metrics
@@ -247,6 +247,17 @@ def latest_experiment(storage: Path, name: str) -> Path | None:
     return next((p for p in candidates if tune.Tuner.can_restore(str(p))), None)
 
 
+def check_resources(spec: SweepSpec) -> None:
+    """A trial must fit the Ray runtime: Tune would otherwise wait for resources forever."""
+    available = ray.cluster_resources()
+    for resource, name in (("cpu", "CPU"), ("gpu", "GPU")):
+        have = available.get(name, 0.0)
+        if spec.resources[resource] > have:
+            raise SpecError(f"{spec.path}: resources.{resource}: a trial asks for "
+                            f"{spec.resources[resource]:g} {name}s but the Ray runtime has "
+                            f"{have:g}; lower it (or join a cluster that has them)")
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> None:
     """Join ``address`` (or ``$RAY_ADDRESS``), else start a private, quiet, loopback runtime."""
     address = address or os.environ.get("RAY_ADDRESS")
@@ -285,22 +296,29 @@ def run_sweep(
 
     Raises:
         FileNotFoundError: ``resume`` with no restorable experiment of this sweep.
+        SpecError: a trial asks for more CPUs or GPUs than the Ray runtime has.
     """
     console = console or Console()
     started = time.perf_counter()
-    storage = Path(storage).resolve()
-    uri = resolve_tracking_uri(tracking_uri)
-    if resume:
-        previous = latest_experiment(storage, spec.name)
-        if previous is None:
-            raise FileNotFoundError(
-                f"no interrupted sweep {spec.name!r} under {storage} to resume")
-        experiment_path = previous
-    else:
-        experiment_path = new_experiment_dir(storage, spec.name)
-    prepare_teachers(spec, console)
-    client = open_store(uri)  # the driver creates the store before any trial starts
-    tracker = SweepTracker.start(client, spec, str(experiment_path), resume=resume)
+    start_ray(address, num_cpus)
+    try:  # until Tune runs: an error here must not leave Ray running
+        check_resources(spec)
+        storage = Path(storage).resolve()
+        if resume:
+            previous = latest_experiment(storage, spec.name)
+            if previous is None:
+                raise FileNotFoundError(
+                    f"no interrupted sweep {spec.name!r} under {storage} to resume")
+            experiment_path = previous
+        else:
+            experiment_path = new_experiment_dir(storage, spec.name)
+        prepare_teachers(spec, console)
+        uri = resolve_tracking_uri(tracking_uri)
+        client = open_store(uri)  # the driver creates the store before any trial starts
+        tracker = SweepTracker.start(client, spec, str(experiment_path), resume=resume)
+    except BaseException:
+        ray.shutdown()
+        raise
     total = spec.search.num_samples if spec.search else len(spec.trials())
     view = LiveView(spec, total, console)
 
@@ -319,7 +337,6 @@ def run_sweep(
         verbose=0,
     )
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is silent only in this mode
-    start_ray(address, num_cpus)
     interrupted = False
     try:
         if resume:

@@ -208,3 +208,49 @@ def test_headline_names_a_final_metric_of_the_preset(tmp_path):
         load_spec(write(tmp_path, {**BASE, "headline": "fd_n256"}))
     assert arm_name({"generator.alpha": 0.5, "train.lr": 1e-3}) == (
         "generator.alpha=0.5 train.lr=0.001")  # a search point: no generator name
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"name: t\xff\n", "not UTF-8 text (invalid start byte at byte 7)"),
+    (b"name: t\nname: u\n", "duplicate key 'name'"),
+    (b"grid: {generator: [reverse_kl]}\ngrid: {generator: [pearson]}\n",
+     "duplicate key 'grid'"),
+    (("x: " + "[" * 2000 + "]" * 2000 + "\n").encode(), "nested too deeply"),
+    (b"name: t\nseeds: [18446744073709551616]\n",
+     "seeds[0]: 18446744073709551616 is outside the 64-bit integer range"),
+    (b"name: t\nresources: {cpu: .nan}\n", "resources.cpu: nan must be a finite number"),
+    (b"name: t\ntime_budget_s: .nan\n", "time_budget_s: nan must be a finite number"),
+])
+def test_malformed_files_give_one_clear_error(tmp_path, text, message):
+    """What a fuzzer found: each of these raised a traceback (or, for repeated keys, silently
+    kept the last); now each is one SpecError naming the file and the problem."""
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(str(path)) and message in str(info.value)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"name": "x" * 101}, "name: 'xxxx"),
+    ({"seeds": [-1]}, "seed must be in [0, 2^63)"),
+])
+def test_out_of_range_fields_are_refused(tmp_path, change, message):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, {**BASE, **change}))
+    assert message in str(info.value)
+
+
+def test_sampler_seed_must_fit_optuna(tmp_path):
+    data = {**BASE, "search": {"num_samples": 2, "sampler_seed": -1,
+                               "space": {"train.lr": {"loguniform": [1e-4, 1e-3]}}}}
+    del data["grid"]
+    with pytest.raises(SpecError, match=r"sampler_seed: -1 must be an integer in \[0, 2\^32\)"):
+        load_spec(write(tmp_path, data))
+
+
+def test_trial_names_are_file_names():
+    name = trial_name({"generator.name": "reverse_kl", "image_teacher.dataset": "folder:/data/x",
+                       "seed": 3})
+    assert name == "reverse_kl-dataset=folder__data_x-s3"
+    assert len(trial_name({"generator.name": "a" * 500, "seed": 1})) == 123

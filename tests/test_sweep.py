@@ -456,3 +456,19 @@ def test_sweeps_started_in_the_same_second_get_their_own_directories(tmp_path, m
     assert [p.name for p in made] == ["s-20261127-120000", "s-20261127-120000-2",
                                       "s-20261127-120000-3"]
     assert all(p.is_dir() for p in made)
+
+
+def test_a_trial_asking_for_a_missing_gpu_exits_2_instead_of_waiting(tmp_path, monkeypatch):
+    """Tune would keep such a trial pending forever; the sweep refuses it up front, having
+    written nothing (no store, no Ray experiment directory)."""
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, {"name": "gpu", "preset": "gmm2d-tiny", "metric": "fd_n256",
+                                 "grid": {"generator": ["reverse_kl"]},
+                                 "resources": {"cpu": 1, "gpu": 1}})
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--tracking-uri",
+                                      f"sqlite:///{tmp_path}/mlflow.db", "--storage",
+                                      str(tmp_path / "ray"), "--num-cpus", "1"])
+    assert result.exit_code == 2, result.output
+    assert "resources.gpu: a trial asks for 1 GPUs but the Ray runtime has 0" in " ".join(
+        result.output.split())
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
