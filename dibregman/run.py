@@ -121,14 +121,33 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` up to ``up_to_step``; a last line a kill cut short is
+    dropped (the run continues from its checkpoint and writes it again)."""
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not JSON; the run directory is "
+                                 f"damaged: delete it or use another") from None
     return [r for r in records if r["step"] <= up_to_step]
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file the run wrote; a damaged one is a ``ValueError`` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the run directory is damaged: "
+                         f"delete it or use another") from None
+
+
 def _stored_result(run_dir: Path) -> RunResult:
-    final = json.loads((run_dir / FINAL_FILE).read_text())
+    final = _read_json(run_dir / FINAL_FILE)
     return RunResult(Status(final["status"]), final["metrics"], final["generator_steps"],
                      final[ELAPSED], run_dir)
 
@@ -152,13 +171,18 @@ def run_experiment(
 
     Raises:
         ConfigError: for an invalid config.
-        ValueError: if ``run_dir`` holds a run of a different config.
+        ValueError: if ``run_dir`` holds a run of a different config, cannot be a directory
+            (a file, or under one) or be written, or holds damaged files; the message names
+            the path.
     """
     validate(cfg)
     run_dir = Path(run_dir)
+    blocking = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"run directory {run_dir}: {blocking} is a file, not a directory")
     config_path = run_dir / CONFIG_FILE
     if config_path.exists():
-        stored = json.loads(config_path.read_text())
+        stored = _read_json(config_path)
         if stored != json.loads(json.dumps(to_dict(cfg))):
             raise ValueError(f"{run_dir} holds a run with a different config; use a new directory")
         if (run_dir / FINAL_FILE).exists():
@@ -170,8 +194,12 @@ def run_experiment(
         # The teacher first: a dataset that cannot be loaded fails before anything is written.
         teacher = teacher_for(cfg, resolve_device(cfg.device))
         evaluator = teacher.build_evaluator(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(config_path, to_dict(cfg))
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(config_path, to_dict(cfg))
+        except OSError as err:
+            raise ValueError(f"cannot write the run directory {run_dir}: "
+                             f"{err.strerror}") from None
         return _run(cfg, run_dir, teacher, evaluator, on_report)
     finally:
         torch.set_num_threads(threads_before)
@@ -185,7 +213,11 @@ def _run(cfg: Config, run_dir: Path, teacher: Teacher, evaluator: Evaluator,
     checkpoint_path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     elapsed_before = 0.0
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True, map_location=distiller.device)
+        try:
+            state = torch.load(checkpoint_path, weights_only=True, map_location=distiller.device)
+        except Exception as err:  # truncated or corrupted: torch raises several kinds
+            raise ValueError(f"{checkpoint_path} cannot be read ({type(err).__name__}); delete "
+                             f"it to restart the run from step 0") from None
         distiller.load_state_dict(state["distiller"])
         elapsed_before = state[ELAPSED]
     records = _read_records(run_dir / METRICS_FILE, distiller.generator_step)

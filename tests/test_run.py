@@ -64,6 +64,52 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert steps == list(range(0, 9))  # records after the step-4 checkpoint were rewritten once
 
 
+def test_a_last_line_cut_short_by_a_kill_does_not_block_the_resume(tmp_path):
+    """A kill mid-write leaves half a JSON line at the end of metrics.jsonl: the resume drops
+    it, continues from the checkpoint and ends with the uninterrupted result."""
+    cfg = tiny(**{"train.generator_steps": 8, "log_every": 1, "checkpoint_every": 2})
+    reference = run_experiment(cfg, tmp_path / "reference")
+
+    def stop_after_step_5(record, checkpoint):
+        if record["step"] == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_experiment(cfg, tmp_path / "resumed", on_report=stop_after_step_5)
+    with (tmp_path / "resumed" / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 6, "loss_d')
+    assert run_experiment(cfg, tmp_path / "resumed").metrics == reference.metrics
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("config.json", "config.json is not valid JSON"),
+    ("checkpoint/state.pt", "state.pt cannot be read"),
+    ("metrics.jsonl", "metrics.jsonl: line 1 is not JSON"),
+])
+def test_damaged_run_files_are_named_in_the_error(tmp_path, damage, message):
+    cfg = tiny(**{"train.generator_steps": 8, "checkpoint_every": 2})
+
+    def stop_at_step_5(record, checkpoint):
+        if record["step"] >= 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_experiment(cfg, tmp_path, on_report=stop_at_step_5)
+    path = tmp_path / damage
+    assert path.exists()
+    path.write_bytes(b"garbage\n" + path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(ValueError, match=message) as info:
+        run_experiment(cfg, tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_a_run_directory_that_is_a_file_or_under_one_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'file'} is a file, not a directory"):
+            run_experiment(tiny(), out)
+
+
 def test_rerun_of_an_ended_run_returns_the_stored_result(tmp_path):
     first = run_experiment(tiny(), tmp_path)
     again = run_experiment(tiny(), tmp_path, on_report=lambda r, c: pytest.fail("retrained"))
