@@ -330,6 +330,7 @@ def assert_every_trial_finished_once(client, tmp_path, finished_before: dict[str
         assert run.data.metrics["fd_n512"] == reference["fd_n512"], name
 
 
+@pytest.mark.slow
 def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
     """SIGKILL the driver (then its Ray processes, by process id) once two trials have finished
     and another is past its first checkpoint: MLflow is left with RUNNING runs; ``--resume``
@@ -377,6 +378,7 @@ def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path)
     assert_every_trial_finished_once(client, tmp_path, finished_before)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path):
     """SIGKILL the Ray worker running a trial past its first checkpoint: Tune retries the trial
     from that checkpoint; the sweep exits 0 and every trial ends once with the uninterrupted
