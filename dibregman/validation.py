@@ -14,6 +14,7 @@ defaults.
 from __future__ import annotations
 
 import math
+import os
 
 from dibregman.bregman import get_generator
 from dibregman.config import Config, ConfigError, MixtureConfig, flatten
@@ -87,7 +88,7 @@ def validate(cfg: Config) -> None:
 
 
 FP32_MAX = 3.4e38  # the largest learning rate the fp32 optimiser state can hold
-MAX_THREADS = 1024
+MAX_THREADS = os.cpu_count() or 1
 
 
 def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
@@ -105,7 +106,7 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
         (all(0 <= b < 1 for b in train.betas), "train.betas must both be in [0, 1)"),
         (train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (train.sigma_grid_size >= 2, "train.sigma_grid_size must be >= 2"),
-        (0 <= cfg.seed < 2**63, "seed must be in [0, 2^63)"),
+        (0 <= cfg.seed < 2**32, "seed must be in [0, 2^32)"),
         (train.fake_lr_scale > 0, "train.fake_lr_scale must be > 0"),
         (0 <= train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (train.gan_weight >= 0, "train.gan_weight must be >= 0"),
@@ -128,7 +129,8 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
          "eval sample counts must be >= 16"),
         (ev.pr_k >= 1, "eval.pr_k must be >= 1"),
         (0 <= cfg.num_threads <= MAX_THREADS,
-         f"num_threads must be in [0, {MAX_THREADS}] (0 keeps torch's setting)"),
+         f"num_threads must be in [0, {MAX_THREADS}], the machine's CPUs (0 keeps torch's "
+         f"setting)"),
         (len(cfg.image_teacher.channel_mult) >= 1,
          "image_teacher.channel_mult must list at least one level multiplier, e.g. 1,2"),
     ]

@@ -233,7 +233,8 @@ def test_malformed_files_give_one_clear_error(tmp_path, text, message):
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"name": "x" * 101}, "name: 'xxxx"),
-    ({"seeds": [-1]}, "seed must be in [0, 2^63)"),
+    ({"seeds": [-1]}, "seed must be in [0, 2^32)"),
+    ({"seeds": [2**32]}, "seed must be in [0, 2^32)"),
 ])
 def test_out_of_range_fields_are_refused(tmp_path, change, message):
     with pytest.raises(SpecError) as info:
