@@ -151,7 +151,7 @@ class LiveView(Callback):
     def _end(self, trial: Trial, status: Status) -> None:
         self.ended[trial.trial_id] = status
         value = (trial.last_result or {}).get(self.spec.metric)
-        if isinstance(value, float) and math.isfinite(value) and (
+        if status is Status.FINISHED and isinstance(value, float) and math.isfinite(value) and (
                 self.best is None or (value < self.best[1] if self.spec.mode == "min"
                                       else value > self.best[1])):
             self.best = (str(trial), value)

@@ -180,8 +180,9 @@ def test_unknown_sweep_lists_the_sweeps_and_exits_2(grid_sweep, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
-def test_a_sweep_without_a_finished_run_exits_2_and_writes_nothing(tmp_path):
-    """Every run diverged (lr 1e12): nothing to chart or compare, so one line and exit 2."""
+def test_a_sweep_without_a_finished_run_gets_a_complete_report_saying_so(tmp_path):
+    """Every run diverged (lr 1e12): the report is written whole, its tables count the
+    diverged runs, it says that nothing can be compared, and it draws no chart."""
     from bench.spec import load_spec
     from bench.sweep import run_sweep
 
@@ -194,9 +195,14 @@ def test_a_sweep_without_a_finished_run_exits_2_and_writes_nothing(tmp_path):
     run_sweep(load_spec(path), tracking_uri=uri, storage=tmp_path / "ray", num_cpus=2)
     result = CliRunner().invoke(app, ["report", "diverged", "--tracking-uri", uri, "--out",
                                       str(tmp_path / "report")])
-    assert result.exit_code == 2, result.output
-    assert "sweep 'diverged' has no finished run (2 diverged)" in result.output
-    assert not (tmp_path / "report").exists()
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "No run of this sweep finished (2 diverged)" in text
+    assert not list((tmp_path / "report").glob("*.png"))
+    assert {p.name for p in (tmp_path / "report").iterdir()} >= {
+        "README.md", "index.html", "summary.csv", "results.csv", "comparison.csv",
+        "provenance.json"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report-")] == []
 
 
 def test_missing_store_exits_2(tmp_path, monkeypatch):

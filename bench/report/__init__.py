@@ -15,11 +15,15 @@ PNG and SVG.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
+
+from mlflow.tracking import MlflowClient
 
 from bench.report.charts import draw_charts
 from bench.report.pages import FORMATS, PageContent, write_html, write_markdown, write_provenance
-from bench.report.reading import ReportError, find_parent, load_sweep
+from bench.report.reading import ReportError, SweepData, find_parent, load_sweep
 from bench.report.tables import (
     compare,
     comparison_table,
@@ -58,24 +62,41 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
                           f"--tracking-uri")
     client = open_store(uri)
     data = load_sweep(client, find_parent(client, sweep), uri)
-    if not (data.runs.status == Status.FINISHED).any():
-        counts = ", ".join(f"{n} {s}" for s, n in data.runs.status.value_counts().items())
-        raise ReportError(f"sweep {data.name!r} has no finished run ({counts}): nothing to "
-                          f"compare; each run's error is in its MLflow run")
     out = Path(out) if out else Path("reports") / data.name
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written into a temporary folder beside ``out`` and moved into place at the end, so that
+    # a failure never leaves a half-written report.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        _write_report(data, client, staging, formats)
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
 
+
+def _write_report(data: SweepData, client: MlflowClient, out: Path,
+                  formats: tuple[str, ...]) -> None:
+    """Every file of the report of ``data`` into the (empty) directory ``out``. A sweep with
+    no finished run gets its tables and the reason, without charts."""
     summary = summarise(data)
     labels = order_labels(data, summary)
     comparison = compare(data, labels)
-    charts = draw_charts(data, summary, labels, client, out)
+    finished = (data.runs.status == Status.FINISHED).any()
+    charts = draw_charts(data, summary, labels, client, out) if finished else []
     write_csvs(data, summary, comparison, out)
     prov = write_provenance(data, client, out)
+    notes = verdict_lines(data, comparison)
+    if not finished:
+        counts = ", ".join(f"{n} {s}" for s, n in data.runs.status.value_counts().items())
+        notes = [f"No run of this sweep finished ({counts}): there is nothing to chart or "
+                 f"compare; each run's error and last records are in its MLflow run."]
     page = PageContent(data, comparison_table(data, summary, comparison),
-                       paired_table(comparison), verdict_lines(data, comparison),
-                       method_note(comparison), charts, prov)
+                       paired_table(comparison), notes, method_note(comparison), charts, prov)
     if "md" in formats:
         write_markdown(page, out)
     if "html" in formats:
         write_html(page, out)
-    return out
