@@ -42,14 +42,13 @@ from dibregman.teachers import TeacherKind, teacher_entry
 MAX_FAILURES = 2
 
 
-def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
+def distill_trainable(config: dict[str, Any], base: dict[str, Any],
                       experiment_path: str) -> None:
     """Ray Tune function trainable: one Di-Bregman run.
 
     Args:
         config: ``{"overrides": {config_key: value, ..., "seed": s}}`` from the param space.
         base: the sweep's base config (``to_dict`` form).
-        metric: the sweep metric; every report carries its latest value.
         experiment_path: the sweep's directory in storage (see :func:`trial_run_dir`).
     """
     cfg = with_overrides(from_dict(base), config["overrides"])
@@ -77,8 +76,7 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], metric: str,
 
     result = run_experiment(cfg, run_dir, on_report=report)
     if not reported_final:  # the run had ended before this attempt: report its stored result
-        latest.update(last_values(run_dir / METRICS_FILE, {metric}))
-        report(result.final_report(), None)
+        report(result.final_report(), None)  # ``latest`` holds its curve values from the file
 
 
 def last_values(metrics_file: Path, keys: set[str]) -> dict[str, Any]:
@@ -324,7 +322,7 @@ def run_sweep(
 
     base = spec.base_config()
     trainable = tune.with_resources(
-        tune.with_parameters(distill_trainable, base=to_dict(base), metric=spec.metric,
+        tune.with_parameters(distill_trainable, base=to_dict(base),
                              experiment_path=str(experiment_path)),
         {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
     )

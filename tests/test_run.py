@@ -47,13 +47,15 @@ class Interrupt(Exception):
     pass
 
 
+def stop_after_step_5(record, checkpoint):
+    """An ``on_report`` callback that interrupts a run at its first record from step 5 on."""
+    if record["step"] >= 5:
+        raise Interrupt
+
+
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     cfg = tiny(**{"train.generator_steps": 8, "log_every": 1, "checkpoint_every": 2})
     reference = run_experiment(cfg, tmp_path / "reference")
-
-    def stop_after_step_5(record, checkpoint):
-        if record["step"] == 5:
-            raise Interrupt
 
     with pytest.raises(Interrupt):
         run_experiment(cfg, tmp_path / "resumed", on_report=stop_after_step_5)
@@ -70,10 +72,6 @@ def test_a_last_line_cut_short_by_a_kill_does_not_block_the_resume(tmp_path):
     cfg = tiny(**{"train.generator_steps": 8, "log_every": 1, "checkpoint_every": 2})
     reference = run_experiment(cfg, tmp_path / "reference")
 
-    def stop_after_step_5(record, checkpoint):
-        if record["step"] == 5:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         run_experiment(cfg, tmp_path / "resumed", on_report=stop_after_step_5)
     with (tmp_path / "resumed" / "metrics.jsonl").open("a") as handle:
@@ -89,12 +87,8 @@ def test_a_last_line_cut_short_by_a_kill_does_not_block_the_resume(tmp_path):
 def test_damaged_run_files_are_named_in_the_error(tmp_path, damage, message):
     cfg = tiny(**{"train.generator_steps": 8, "checkpoint_every": 2})
 
-    def stop_at_step_5(record, checkpoint):
-        if record["step"] >= 5:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        run_experiment(cfg, tmp_path, on_report=stop_at_step_5)
+        run_experiment(cfg, tmp_path, on_report=stop_after_step_5)
     path = tmp_path / damage
     assert path.exists()
     path.write_bytes(b"garbage\n" + path.read_bytes()[: len(path.read_bytes()) // 2])

@@ -29,6 +29,12 @@ def write_spec(tmp_path: Path, data: dict) -> Path:
     return path
 
 
+def logged_step(client: mlflow.MlflowClient, run) -> int:
+    """The last generator step whose record reached ``run`` in MLflow (0: none yet)."""
+    return max((m.step for m in client.get_metric_history(run.info.run_id, "weight_mean")),
+               default=0)
+
+
 def children(client: mlflow.MlflowClient, parent_id: str) -> list:
     experiment = client.get_run(parent_id).info.experiment_id
     return client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}'")
@@ -149,10 +155,6 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
     client = mlflow.MlflowClient(uri)
 
-    def last_step(run) -> int:
-        return max((m.step for m in client.get_metric_history(run.info.run_id, "weight_mean")),
-                   default=0)
-
     try:
         deadline = time.monotonic() + 180
         finished_before: dict[str, int] = {}
@@ -164,7 +166,7 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
             finished_before = {r.info.run_name: r.info.end_time for r in runs
                                if r.info.status == "FINISHED"}
             early = [r.info.run_name for r in runs
-                     if r.info.status == "RUNNING" and last_step(r) <= steps // 3]
+                     if r.info.status == "RUNNING" and logged_step(client, r) <= steps // 3]
         if len(finished_before) < 2 or not early:
             if first.poll() is None:
                 os.killpg(first.pid, signal.SIGKILL)
@@ -190,14 +192,14 @@ def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
     assert set(finished_before) <= set(finished) and len(finished) < len(expected)
     assert set(early) <= set(killed)
     for name, run in finished.items():
-        assert run.data.tags["status"] == "finished" and last_step(run) == steps, name
+        assert run.data.tags["status"] == "finished" and logged_step(client, run) == steps, name
     for name, run in killed.items():
-        mid_run = (run.data.tags["status"] == "running" and last_step(run) < steps
+        mid_run = (run.data.tags["status"] == "running" and logged_step(client, run) < steps
                    and "fd_n512" not in run.data.metrics)
         # A trial can report its final record just as the interrupt lands, before Tune ends it.
         just_ended = name not in early and run.data.tags["status"] == "finished" and (
-            last_step(run) == steps and "fd_n512" in run.data.metrics)
-        assert mid_run or just_ended, (name, run.data.tags["status"], last_step(run))
+            logged_step(client, run) == steps and "fd_n512" in run.data.metrics)
+        assert mid_run or just_ended, (name, run.data.tags["status"], logged_step(client, run))
     assert f"sweep resume: {len(finished)} finished in" in " ".join(output.split())
 
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True,
@@ -354,10 +356,8 @@ def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path)
                                       "tags.`mlflow.parentRunId` != ''")
             finished_before = {r.info.run_name: r.info.end_time for r in runs
                                if r.info.status == "FINISHED"}
-            past_checkpoint = [
-                r.info.run_name for r in runs if r.info.status == "RUNNING" and 40 <= max(
-                    (m.step for m in client.get_metric_history(r.info.run_id, "weight_mean")),
-                    default=0) < 150]
+            past_checkpoint = [r.info.run_name for r in runs
+                               if r.info.status == "RUNNING" and 40 <= logged_step(client, r) < 150]
         ray_processes = descendants(first.pid)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
@@ -399,9 +399,7 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path):
             runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                       "attributes.status = 'RUNNING' and "
                                       "tags.`mlflow.parentRunId` != ''")
-            ready = [r for r in runs if 40 <= max(
-                (m.step for m in client.get_metric_history(r.info.run_id, "weight_mean")),
-                default=0) < 130]
+            ready = [r for r in runs if 40 <= logged_step(client, r) < 130]
             workers = [pid for pid in descendants(sweep.pid)
                        if command_line(pid).startswith("ray::ImplicitFunc")]
             if ready and workers:
