@@ -17,12 +17,19 @@ and the ratio network on noised teacher-side samples (positive) against noised s
 
 Nothing here touches files or global RNG: all randomness comes from ``torch.Generator``s
 seeded by ``cfg.seed``, so a run is a deterministic function of its config.
+
+A *seed batch* trains ``K`` runs that differ only in their seed in one process
+(:mod:`dibregman.members`): networks with stacked parameters, member-major batches of
+``K * B`` rows, and one generator pair per member drawing exactly what that run draws alone.
+Member ``k`` of a batch therefore follows run ``k`` alone up to floating-point rounding (a
+batched matrix product sums in another order); ``tests/test_members.py`` checks it.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,6 +39,17 @@ from dibregman.bregman import get_generator
 from dibregman.config import Config
 from dibregman.device import adamw, autocast, prepare_modules, resolve_device
 from dibregman.losses import distribution_matching, dsm_loss, gan_generator_loss, regression_loss
+from dibregman.members import (
+    load_member_state_dicts,
+    member_grad_norms,
+    member_means,
+    member_module,
+    member_optimizer_state,
+    member_state_dict,
+    per_member,
+    stack_members,
+    stack_optimizer_states,
+)
 from dibregman.networks import ema_update
 from dibregman.noise import expand_sigma, karras_sigmas, sample_sigmas
 from dibregman.ratio import RatioEstimator
@@ -39,44 +57,94 @@ from dibregman.results import Status
 from dibregman.students import build_networks, regression_pairs
 from dibregman.teachers import Teacher
 
-_STATE = ("student", "student_ema", "fake", "ratio", "opt_student", "opt_fake", "opt_ratio")
+_NETWORKS = ("student", "student_ema", "fake")
+_OPTIMIZERS = ("opt_student", "opt_fake", "opt_ratio")
 
 
-def apply_update(loss: Tensor, optimizer: torch.optim.Optimizer, module: torch.nn.Module,
-                 clip: float) -> bool:
-    """Backpropagate ``loss`` and step ``optimizer`` with the gradient norm clipped to ``clip``,
-    unless the gradient is non-finite (a non-finite loss gives a non-finite norm, so one host
-    sync covers both); True if stepped."""
+def apply_update(losses: Tensor, optimizer: torch.optim.Optimizer, module: torch.nn.Module,
+                 clip: float, frozen: Tensor | None = None) -> Tensor:
+    """Backpropagate the members' losses and step ``optimizer``, each member's gradient norm
+    clipped to ``clip`` (as ``torch.nn.utils.clip_grad_norm_``), skipping members whose
+    gradient is non-finite or that are ``frozen`` (a non-finite loss gives a non-finite norm,
+    so one host sync covers both).
+
+    Args:
+        losses: ``(K,)`` each member's loss (``K = 1`` for a plain module).
+        optimizer: over ``module``'s parameters (stacked ``(K, *shape)`` for ``K > 1``).
+        module: the network.
+        clip: the per-member gradient-norm bound (``inf``: none).
+        frozen: ``(K,)`` members that must not move (diverged ones); None: none.
+
+    Returns:
+        ``(K,)`` bool: which members stepped. A skipped member's parameters and optimiser
+        moments are left as they were (Adam's shared step count still advances).
+    """
+    members = losses.numel()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
-    if not torch.isfinite(norm):
+    losses.sum().backward()
+    params = [p for p in module.parameters() if p.grad is not None]
+    norms = member_grad_norms(params, members)
+    stepped = torch.isfinite(norms)
+    if frozen is not None:
+        stepped &= ~frozen.to(stepped.device)
+    flags = stepped.tolist()
+    if not any(flags):
         optimizer.zero_grad(set_to_none=True)
-        return False
+        return stepped
+    if not math.isinf(clip):
+        coef = (clip / (norms + 1e-6)).clamp(max=1.0)
+        for p in params:
+            p.grad.mul_(per_member(coef, members, p))
+    if all(flags):
+        optimizer.step()
+        return stepped
+    skipped = ~stepped
+    kept = []
+    for p in params:
+        p.grad[skipped] = 0
+        state = optimizer.state.get(p, {})
+        kept.append((p.detach()[skipped].clone(),
+                     {name: v[skipped].clone() for name, v in state.items() if v.ndim > 0}))
     optimizer.step()
-    return True
+    with torch.no_grad():
+        for p, (rows, state) in zip(params, kept, strict=True):
+            p[skipped] = rows
+            for name, value in state.items():
+                optimizer.state[p][name][skipped] = value
+    return stepped
 
 
 class Distiller:
-    """Student, fake score, ratio estimator and their optimisers for one run.
+    """Student, fake score, ratio estimator and their optimisers for one run, or for a seed
+    batch of runs that differ only in their seed.
 
     Args:
-        cfg: the run's config.
+        cfg: the run's config (its ``seed`` is ignored when ``seeds`` is given).
         teacher: a frozen teacher (vector or image), already on ``cfg.device``.
+        seeds: the batch's seeds, one member each (None: ``[cfg.seed]``, a plain run).
     """
 
-    def __init__(self, cfg: Config, teacher: Teacher) -> None:
+    def __init__(self, cfg: Config, teacher: Teacher, seeds: Sequence[int] | None = None) -> None:
         self.cfg, self.teacher, train = cfg, teacher, cfg.train
+        self.seeds = list(seeds) if seeds is not None else [cfg.seed]
+        self.members = len(self.seeds)
         self.h = get_generator(cfg.generator.name, cfg.generator.alpha)
         self.device = resolve_device(cfg.device)
-        init_rng = torch.Generator().manual_seed(2 * cfg.seed)
-        self.rng = torch.Generator(device=self.device).manual_seed(2 * cfg.seed + 1)
-        self.student, self.fake, ratio_net = build_networks(cfg, teacher, init_rng)
-        # The pairs' latents continue the initialisation stream: never the evaluation latents.
-        self.pairs = (regression_pairs(teacher, train.regression_pairs, init_rng, self.device)
-                      if train.regression_weight > 0 else None)
+        init_rngs = [torch.Generator().manual_seed(2 * seed) for seed in self.seeds]
+        self.rngs = [torch.Generator(device=self.device).manual_seed(2 * seed + 1)
+                     for seed in self.seeds]
+        built = [build_networks(cfg, teacher, rng) for rng in init_rngs]
+        self.student, self.fake, ratio_net = (stack_members([b[i] for b in built])
+                                              for i in range(3))
+        # The pairs' latents continue each initialisation stream: never the evaluation latents.
+        self.pairs = None
+        if train.regression_weight > 0:
+            pairs = [regression_pairs(teacher, train.regression_pairs, rng, self.device)
+                     for rng in init_rngs]
+            self.pairs = tuple(torch.cat(side) for side in zip(*pairs, strict=True))
         self.student_ema = copy.deepcopy(self.student).requires_grad_(False)
-        self.ratio = RatioEstimator(ratio_net, cfg.ratio, train.sigma_min, train.sigma_max)
+        self.ratio = RatioEstimator(ratio_net, cfg.ratio, train.sigma_min, train.sigma_max,
+                                    self.members)
         for module in (self.student, self.student_ema, self.fake, self.ratio):
             module.to(self.device)
         prepare_modules([self.student, self.fake, self.ratio.network, teacher.network],
@@ -89,63 +157,83 @@ class Distiller:
         self.sigma_grid = karras_sigmas(
             train.sigma_grid_size, train.sigma_min, train.sigma_max, train.rho
         ).to(self.device)
-        self.generator_step = self.nonfinite_streak = self.nonfinite_total = 0
-        self.status = Status.RUNNING
+        self.generator_step = 0
+        self.member_steps = [0] * self.members  # frozen at a member's divergence
+        self.nonfinite_streak = [0] * self.members
+        self.nonfinite_total = [0] * self.members
+        self.status = [Status.RUNNING] * self.members
 
-    def _latents(self, n: int, rng: torch.Generator) -> Tensor:
-        return torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
+    # -- per-member random draws, concatenated member-major -------------------------------------
+
+    def _latents(self, n: int) -> Tensor:
+        return torch.cat([torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
+                          for rng in self.rngs])
 
     def _noised(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x + sigma n`` with ``n`` from the run's generator."""
-        return x + expand_sigma(sigma, x) * torch.randn(x.shape, generator=self.rng,
-                                                        device=self.device)
+        """``x + sigma n`` with each member's ``n`` from its own generator."""
+        shape = (x.shape[0] // self.members, *x.shape[1:])
+        noise = torch.cat([torch.randn(shape, generator=rng, device=self.device)
+                           for rng in self.rngs])
+        return x + expand_sigma(sigma, x) * noise
 
     def _sigmas(self, n: int) -> Tensor:
         t = self.cfg.train
-        return sample_sigmas(n, self.sigma_grid, t.sigma_quantile_low, t.sigma_quantile_high,
-                             self.rng)
+        return torch.cat([sample_sigmas(n, self.sigma_grid, t.sigma_quantile_low,
+                                        t.sigma_quantile_high, rng) for rng in self.rngs])
+
+    def _teacher_side(self, n: int) -> Tensor:
+        draw = (self.teacher.sample if self.cfg.ratio.teacher_side == "teacher"
+                else self.teacher.sample_data)
+        return torch.cat([draw(n, rng) for rng in self.rngs])
+
+    def _frozen(self) -> Tensor:
+        return torch.tensor([s is Status.DIVERGED for s in self.status])
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int, batch_size: int = 1024) -> Tensor:
-        """``n`` samples of the EMA student from latents fixed by ``seed``, ``(n, *shape)``.
+    def sample(self, n: int, seed: int, member: int = 0, batch_size: int = 1024) -> Tensor:
+        """``n`` samples of member ``member``'s EMA student from latents fixed by ``seed``,
+        ``(n, *shape)``.
 
         All ``n`` latents are drawn first (on the CPU), so sample ``i`` is the same at any
         batch size and on any device.
         """
-        latents = self._latents(n, torch.Generator().manual_seed(seed))
+        latents = torch.randn(n, *self.teacher.shape, generator=torch.Generator().manual_seed(seed))
+        student = member_module(self.student_ema, member)
         with self.autocast:
-            return torch.cat([self.student_ema(chunk.to(self.device)).float().cpu()
+            return torch.cat([student(chunk.to(self.device)).float().cpu()
                               for chunk in latents.split(batch_size)])
 
-    def critic_step(self) -> dict[str, float]:
-        """One update of the fake score (DSM) and the ratio network on detached student samples."""
-        batch = self.cfg.train.batch_size
+    def critic_step(self) -> list[dict[str, float]]:
+        """One update of the fake score (DSM) and the ratio network on detached student samples;
+        diagnostics per member."""
+        batch, k = self.cfg.train.batch_size, self.members
         with torch.no_grad(), self.autocast:
-            x_student = self.student(self._latents(batch, self.rng)).float()
-        x_teacher = (self.teacher.sample(batch, self.rng) if self.cfg.ratio.teacher_side ==
-                     "teacher" else self.teacher.sample_data(batch, self.rng))
+            x_student = self.student(self._latents(batch)).float()
+        x_teacher = self._teacher_side(batch)
         sigma = self._sigmas(batch)
         noised = self._noised(x_student, sigma)
         with self.autocast:
             denoised = self.fake(noised, sigma).float()
-        fake_loss = dsm_loss(denoised, x_student, sigma, self.teacher.sigma_data)
+        fake_loss = member_means(dsm_loss(denoised, x_student, sigma, self.teacher.sigma_data), k)
         teacher_noised = self._noised(x_teacher, sigma)
         with self.autocast:
             ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma)
-        finite = apply_update(fake_loss, self.opt_fake, self.fake, clip=math.inf)
-        finite &= apply_update(ratio_loss, self.opt_ratio, self.ratio, clip=math.inf)
-        self._count_nonfinite(finite)
-        return {"loss_fake_dsm": fake_loss.item(), "loss_ratio": ratio_loss.item(),
-                "ratio_accuracy": float(accuracy)}
+        frozen = self._frozen()
+        stepped = apply_update(fake_loss, self.opt_fake, self.fake, math.inf, frozen)
+        stepped &= apply_update(ratio_loss, self.opt_ratio, self.ratio, math.inf, frozen)
+        self._count_nonfinite(stepped)
+        columns = torch.stack([fake_loss.detach(), ratio_loss.detach(), accuracy]).T.tolist()
+        return [{"loss_fake_dsm": a, "loss_ratio": b, "ratio_accuracy": c} for a, b, c in columns]
 
-    def student_step(self) -> dict[str, float]:
-        """One weighted distribution-matching update of the student (docs/method.md §3)."""
-        train = self.cfg.train
+    def student_step(self) -> list[dict[str, float]]:
+        """One weighted distribution-matching update of the student (docs/method.md §3);
+        diagnostics per member."""
+        train, k = self.cfg.train, self.members
         with self.autocast:
-            x = self.student(self._latents(train.batch_size, self.rng)).float()
+            x = self.student(self._latents(train.batch_size)).float()
         sigma = self._sigmas(train.batch_size)
         x_noised = self._noised(x, sigma)
-        diagnostics: dict[str, float] = {}
+        diagnostics: list[dict[str, float]] = [{} for _ in range(k)]
         weight = None
         with torch.no_grad(), self.autocast:
             x_s = x_noised.detach()
@@ -153,73 +241,136 @@ class Distiller:
             denoised_fake = self.fake(x_s, sigma).float()
             if not train.force_unit_weight:
                 weight, diagnostics = self.ratio.weights(self.h, x_s, sigma)
-        loss_dm, step = distribution_matching(x, denoised_teacher, denoised_fake, weight)
-        loss = loss_dm
+        per_sample, step = distribution_matching(x, denoised_teacher, denoised_fake, weight)
+        loss_dm = member_means(per_sample, k)
+        loss, extra = loss_dm, {}
         if train.gan_weight > 0:
             with self.autocast:
-                loss_gan = gan_generator_loss(self.ratio.log_ratio(x_noised, sigma))
+                loss_gan = member_means(gan_generator_loss(self.ratio.log_ratio(x_noised, sigma)),
+                                        k)
             loss = loss + train.gan_weight * loss_gan
-            diagnostics["loss_gan"] = loss_gan.item()
+            extra["loss_gan"] = loss_gan
         if self.pairs is not None:
             latents, targets = self.pairs
-            index = torch.randint(len(latents), (train.batch_size,), generator=self.rng,
-                                  device=self.device)
+            n_pairs = len(latents) // k
+            index = torch.cat([torch.randint(n_pairs, (train.batch_size,), generator=rng,
+                                             device=self.device) + m * n_pairs
+                               for m, rng in enumerate(self.rngs)])
             with self.autocast:
                 fitted = self.student(latents[index]).float()
-            loss_regression = regression_loss(fitted, targets[index])
+            loss_regression = member_means(regression_loss(fitted, targets[index]), k)
             loss = loss + train.regression_weight * loss_regression
-            diagnostics["loss_regression"] = loss_regression.item()
-        finite = apply_update(loss, self.opt_student, self.student, clip=train.grad_clip)
-        self._count_nonfinite(finite)
-        if finite:
-            # Decay min(ema_decay, t / (t + 1)) at update t = 0, 1, ...: until the cap the EMA is
-            # the plain mean of the iterates, so it never carries the initial weights.
-            t = self.generator_step
-            ema_update(self.student_ema, self.student, min(train.ema_decay, t / (t + 1)))
-        return {**diagnostics, "loss_dm": loss_dm.item(),
-                "grad_norm": float(step.flatten(1).norm(dim=1).mean())}
+            extra["loss_regression"] = loss_regression
+        stepped = apply_update(loss, self.opt_student, self.student, train.grad_clip,
+                               self._frozen())
+        self._count_nonfinite(stepped)
+        self._update_ema(stepped)
+        grad_norm = member_means(step.flatten(1).norm(dim=1), k)
+        names = [*extra, "loss_dm", "grad_norm"]
+        columns = torch.stack([*(v.detach() for v in extra.values()), loss_dm.detach(),
+                               grad_norm]).T.tolist()
+        return [{**diag, **dict(zip(names, row, strict=True))}
+                for diag, row in zip(diagnostics, columns, strict=True)]
 
-    def step(self) -> dict[str, float]:
+    def _update_ema(self, stepped: Tensor) -> None:
+        """EMA of the members that stepped.
+
+        Decay ``min(ema_decay, t / (t + 1))`` at update ``t = 0, 1, ...``: until the cap the
+        EMA is the plain mean of the iterates, so it never carries the initial weights.
+        """
+        t = self.generator_step
+        decay = min(self.cfg.train.ema_decay, t / (t + 1))
+        flags = stepped.tolist()
+        if all(flags):
+            ema_update(self.student_ema, self.student, decay)
+        elif any(flags):
+            weight = (1 - decay) * stepped.float().to(self.device)
+            with torch.no_grad():
+                for average, live in zip(self.student_ema.parameters(),
+                                         self.student.parameters(), strict=True):
+                    average.lerp_(live, per_member(weight, self.members, average))
+
+    def step(self) -> list[dict[str, float]]:
         """``critic_steps_per_generator_step`` critic updates, then one student update.
 
         Returns:
-            Diagnostics of the last critic step and of the student step, plus non-finite counts.
-            Sets ``status`` to ``diverged`` after ``train.max_nonfinite_steps`` consecutive
-            non-finite updates.
+            Per member: diagnostics of the last critic step and of the student step, plus its
+            non-finite count. A member whose updates stay non-finite for
+            ``train.max_nonfinite_steps`` consecutive steps is ``diverged`` and frozen from then.
         """
-        critic: dict[str, float] = {}
+        running = self.running()
+        critic: list[dict[str, float]] = [{} for _ in range(self.members)]
         for _ in range(self.cfg.train.critic_steps_per_generator_step):
             critic = self.critic_step()
-        record = {**critic, **self.student_step()}
+        student = self.student_step()
         self.generator_step += 1
-        record["nonfinite_steps"] = float(self.nonfinite_total)
-        return record
+        for k in running:  # a member that diverged in this step counts it, as a run alone does
+            self.member_steps[k] = self.generator_step
+        return [{**c, **s, "nonfinite_steps": float(total)}
+                for c, s, total in zip(critic, student, self.nonfinite_total, strict=True)]
 
-    def warmup(self) -> dict[str, float]:
+    def warmup(self) -> list[dict[str, float]]:
         """``train.fake_warmup_steps`` critic steps before the first student update."""
-        record: dict[str, float] = {}
+        records: list[dict[str, float]] = [{} for _ in range(self.members)]
         for _ in range(self.cfg.train.fake_warmup_steps):
-            record = self.critic_step()
-        return record
+            records = self.critic_step()
+        return records
 
-    def _count_nonfinite(self, finite: bool) -> None:
-        self.nonfinite_streak = 0 if finite else self.nonfinite_streak + 1
-        self.nonfinite_total += not finite
-        if self.nonfinite_streak >= self.cfg.train.max_nonfinite_steps:
-            self.status = Status.DIVERGED
+    def running(self) -> list[int]:
+        """The members still training."""
+        return [k for k, s in enumerate(self.status) if s is Status.RUNNING]
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs; tensors and plain data only (``weights_only`` safe)."""
-        return {**{name: getattr(self, name).state_dict() for name in _STATE},
-                "rng": self.rng.get_state(), "generator_step": self.generator_step,
-                "nonfinite_streak": self.nonfinite_streak,
-                "nonfinite_total": self.nonfinite_total, "status": str(self.status)}
+    def _count_nonfinite(self, stepped: Tensor) -> None:
+        for k, ok in enumerate(stepped.tolist()):
+            if self.status[k] is not Status.RUNNING:
+                continue
+            self.nonfinite_streak[k] = 0 if ok else self.nonfinite_streak[k] + 1
+            self.nonfinite_total[k] += not ok
+            if self.nonfinite_streak[k] >= self.cfg.train.max_nonfinite_steps:
+                self.status[k] = Status.DIVERGED
+
+    # -- checkpoints: one plain-run state per member -----------------------------------------------
+
+    def state_dict(self, member: int = 0) -> dict[str, Any]:
+        """Member ``member``'s state as a plain run holds it (so a member's checkpoint resumes
+        alone or in any batch); tensors and plain data only (``weights_only`` safe)."""
+        state = {name: member_state_dict(getattr(self, name), member) for name in _NETWORKS}
+        network = member_state_dict(self.ratio.network, member)
+        state["ratio"] = {**{f"network.{key}": v for key, v in network.items()},
+                          **self.ratio.member_bins(member)}
+        for name in _OPTIMIZERS:
+            state[name] = member_optimizer_state(getattr(self, name).state_dict(), member,
+                                                 self.members)
+        return {**state, "rng": self.rngs[member].get_state(),
+                "generator_step": self.member_steps[member],
+                "nonfinite_streak": self.nonfinite_streak[member],
+                "nonfinite_total": self.nonfinite_total[member],
+                "status": str(self.status[member])}
+
+    def load_state_dicts(self, states: list[dict[str, Any]]) -> None:
+        """Load one :meth:`state_dict` per member; all at the same generator step."""
+        if len(states) != self.members:
+            raise ValueError(f"{len(states)} member states for {self.members} members")
+        steps = {s["generator_step"] for s in states}
+        if len(steps) != 1:
+            raise ValueError(f"a seed batch resumes from one generator step, got {sorted(steps)}")
+        for name in _NETWORKS:
+            load_member_state_dicts(getattr(self, name), [s[name] for s in states])
+        prefix = "network."
+        load_member_state_dicts(self.ratio.network, [
+            {key[len(prefix):]: v for key, v in s["ratio"].items() if key.startswith(prefix)}
+            for s in states])
+        self.ratio.load_member_bins([s["ratio"] for s in states])
+        for name in _OPTIMIZERS:
+            getattr(self, name).load_state_dict(stack_optimizer_states([s[name] for s in states]))
+        for rng, state in zip(self.rngs, states, strict=True):
+            rng.set_state(state["rng"].cpu())
+        self.generator_step = steps.pop()
+        self.member_steps = [s["generator_step"] for s in states]
+        self.nonfinite_streak = [s["nonfinite_streak"] for s in states]
+        self.nonfinite_total = [s["nonfinite_total"] for s in states]
+        self.status = [Status(s["status"]) for s in states]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in _STATE:
-            getattr(self, name).load_state_dict(state[name])
-        self.rng.set_state(state["rng"].cpu())
-        self.generator_step = state["generator_step"]
-        self.nonfinite_streak = state["nonfinite_streak"]
-        self.nonfinite_total = state["nonfinite_total"]
-        self.status = Status(state["status"])
+        """Load a plain run's state (one member)."""
+        self.load_state_dicts([state])

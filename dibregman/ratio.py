@@ -29,7 +29,9 @@ from torch import Tensor, nn
 
 from dibregman.bregman import BregmanGenerator
 from dibregman.config import RatioConfig
+from dibregman.members import member_means
 
+# A fitting loss per pair of samples (teacher side, student side): its batch mean is the loss.
 RatioLoss = Callable[[Tensor, Tensor], Tensor]
 
 # Added to the batch mean that normalises the weights (docs/method.md §5).
@@ -37,18 +39,21 @@ WEIGHT_EPS = 1e-8
 
 
 def classifier_loss(log_r_teacher: Tensor, log_r_student: Tensor) -> Tensor:
-    """Logistic loss with the teacher side positive; logit ``= -log r``. Inputs ``(B,)``."""
-    return F.softplus(log_r_teacher).mean() + F.softplus(-log_r_student).mean()
+    """Logistic loss with the teacher side positive; logit ``= -log r``: per pair
+    ``softplus(log r_p) + softplus(-log r_q)``. Inputs ``(B,)``, output ``(B,)``."""
+    return F.softplus(log_r_teacher) + F.softplus(-log_r_student)
 
 
 def ulsif_loss(log_r_teacher: Tensor, log_r_student: Tensor) -> Tensor:
-    """``E_p[r^2] / 2 - E_q[r]`` (uLSIF, Kanamori et al. 2009). Inputs ``(B,)``."""
-    return 0.5 * (2 * log_r_teacher).exp().mean() - log_r_student.exp().mean()
+    """``E_p[r^2] / 2 - E_q[r]`` (uLSIF, Kanamori et al. 2009): per pair
+    ``r_p^2 / 2 - r_q``. Inputs ``(B,)``, output ``(B,)``."""
+    return 0.5 * (2 * log_r_teacher).exp() - log_r_student.exp()
 
 
 def kliep_loss(log_r_teacher: Tensor, log_r_student: Tensor) -> Tensor:
-    """``E_p[r] - E_q[log r]`` (unnormalised KLIEP, Sugiyama et al. 2008). Inputs ``(B,)``."""
-    return log_r_teacher.exp().mean() - log_r_student.mean()
+    """``E_p[r] - E_q[log r]`` (unnormalised KLIEP, Sugiyama et al. 2008): per pair
+    ``r_p - log r_q``. Inputs ``(B,)``, output ``(B,)``."""
+    return log_r_teacher.exp() - log_r_student
 
 
 ESTIMATORS: dict[str, RatioLoss] = {
@@ -76,28 +81,31 @@ def get_estimator(name: str) -> RatioLoss:
 class RatioEstimator(nn.Module):
     """A network ``(x_sigma, sigma) -> log r``, its fitting loss, and the weight pipeline.
 
-    The per-noise-bin means of ``1/r`` live in a buffer, so checkpoints carry them.
+    The per-noise-bin means of ``1/r`` live in a buffer, so checkpoints carry them. With a seed
+    batch (:mod:`dibregman.members`) every member has its own bins; batches are member-major,
+    ``K * B`` rows.
 
     Args:
-        network: maps ``x: (B, d)``, ``sigma: (B,)`` to raw ``log r: (B,)``.
+        network: maps ``x: (K B, d)``, ``sigma: (K B,)`` to raw ``log r: (K B,)``.
         cfg: estimator name, clamps, clips and normalisation switches.
         sigma_min, sigma_max: the range split into ``cfg.noise_bins`` equal bins of log-sigma.
+        members: ``K``, the number of independent members the network holds.
     """
 
-    def __init__(
-        self, network: nn.Module, cfg: RatioConfig, sigma_min: float, sigma_max: float
-    ) -> None:
+    def __init__(self, network: nn.Module, cfg: RatioConfig, sigma_min: float,
+                 sigma_max: float, members: int = 1) -> None:
         super().__init__()
         self.network = network
         self.cfg = cfg
+        self.members = members
         self.fit_loss = get_estimator(cfg.estimator)
         self.log_sigma_min = math.log(sigma_min)
         self.log_sigma_max = math.log(sigma_max)
-        self.register_buffer("bin_mean_inv_ratio", torch.ones(cfg.noise_bins))
-        self.register_buffer("bin_seen", torch.zeros(cfg.noise_bins, dtype=torch.bool))
+        self.register_buffer("bin_mean_inv_ratio", torch.ones(members, cfg.noise_bins))
+        self.register_buffer("bin_seen", torch.zeros(members, cfg.noise_bins, dtype=torch.bool))
 
     def log_ratio(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """Clamped ``log r`` in fp32, ``(B,)``."""
+        """Clamped ``log r`` in fp32, ``(K B,)``."""
         clamp = self.cfg.log_ratio_clamp
         return self.network(x, sigma).float().clamp(-clamp, clamp)
 
@@ -105,18 +113,20 @@ class RatioEstimator(nn.Module):
         """Fitting loss on a pair of noised batches at the same levels.
 
         Args:
-            x_teacher: ``(B, d)`` noised teacher-side samples (positive class).
-            x_student: ``(B, d)`` noised, detached student samples (negative class).
-            sigma: ``(B,)`` their noise levels.
+            x_teacher: ``(K B, d)`` noised teacher-side samples (positive class).
+            x_student: ``(K B, d)`` noised, detached student samples (negative class).
+            sigma: ``(K B,)`` their noise levels.
 
         Returns:
-            The scalar loss, and the accuracy of the sign rule "``log r < 0`` means teacher".
+            Each member's loss ``(K,)``, and each member's accuracy of the sign rule
+            "``log r < 0`` means teacher" ``(K,)``.
         """
         log_r_teacher = self.log_ratio(x_teacher, sigma)
         log_r_student = self.log_ratio(x_student, sigma)
         with torch.no_grad():
-            correct = torch.cat([log_r_teacher < 0, log_r_student > 0]).float().mean()
-        return self.fit_loss(log_r_teacher, log_r_student), correct
+            correct = ((log_r_teacher < 0).float() + (log_r_student > 0).float()) / 2
+        loss = self.fit_loss(log_r_teacher, log_r_student)
+        return member_means(loss, self.members), member_means(correct, self.members)
 
     def noise_bin(self, sigma: Tensor) -> Tensor:
         """``(B,)`` bin index of each level over ``[log sigma_min, log sigma_max]``."""
@@ -127,60 +137,60 @@ class RatioEstimator(nn.Module):
     @torch.no_grad()
     def weights(
         self, h: BregmanGenerator, x: Tensor, sigma: Tensor, update: bool = True
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, list[dict[str, float]]]:
         """Per-sample Di-Bregman weights ``w = h''(r) r`` at noised student samples.
 
-        Steps (all fp32, docs/method.md §5): clamp ``log r``; clip ``r`` to
-        ``[clip_min, clip_max]`` *before* normalising, so that one over-confident sample cannot
-        inflate its bin's factor (f-distill's order); per-bin self-normalisation
-        ``r <- r * m_bin`` with ``m_bin`` the (EMA) mean of ``1/r`` over student samples in the
-        bin, since ``E_q[1/r] = E_q[p/q] = 1``; clip to ``h``'s convex domain
-        ``(0, ratio_max]``; ``w = h.weight(r)``; divide by ``batch mean + WEIGHT_EPS``. A batch
-        whose weights are all zero (``log_squared`` with every ``r >= e``) thus gives ``w = 0``:
-        no distribution-matching step, rather than ``0 / 0``.
+        Steps (all fp32, docs/method.md §5), each member on its own rows: clamp ``log r``; clip
+        ``r`` to ``[clip_min, clip_max]`` *before* normalising, so that one over-confident
+        sample cannot inflate its bin's factor (f-distill's order); per-bin
+        self-normalisation ``r <- r * m_bin`` with ``m_bin`` the (EMA) mean of ``1/r`` over
+        student samples in the bin, since ``E_q[1/r] = E_q[p/q] = 1``; clip to ``h``'s convex
+        domain ``(0, ratio_max]``; ``w = h.weight(r)``; divide by the member's batch mean
+        ``+ WEIGHT_EPS``. A batch whose weights are all zero (``log_squared`` with every
+        ``r >= e``) thus gives ``w = 0``: no distribution-matching step, rather than ``0 / 0``.
 
         Args:
             h: the Bregman generator.
-            x: ``(B, d)`` noised student samples, the same ``x_s`` as the score difference.
-            sigma: ``(B,)`` their noise levels.
+            x: ``(K B, d)`` noised student samples, the same ``x_s`` as the score difference.
+            sigma: ``(K B,)`` their noise levels.
             update: fold this batch into the per-bin EMA (False for pure evaluation).
 
         Returns:
-            ``w: (B,)`` and diagnostics: the raw weight's min / mean / max before the batch-mean
-            division, ratio quantiles after clipping and normalisation, and the share of samples
-            clipped by ``[clip_min, clip_max]`` or by ``h``'s domain.
+            ``w: (K B,)`` and, per member, diagnostics: the raw weight's min / mean / max
+            before the batch-mean division, ratio quantiles after clipping and normalisation,
+            and the share of samples clipped by ``[clip_min, clip_max]`` or by ``h``'s domain.
         """
-        cfg = self.cfg
-        raw = self.log_ratio(x, sigma).exp()
+        cfg, k = self.cfg, self.members
+        raw = self.log_ratio(x, sigma).exp().reshape(k, -1)
         ratio = raw.clamp(cfg.clip_min, cfg.clip_max)
         clipped = ratio != raw
         if cfg.bin_normalize:
-            bins = self.noise_bin(sigma)
+            bins = self.noise_bin(sigma).reshape(k, -1)
             if update:
                 self._update_bins(bins, 1 / ratio)
-            ratio = ratio * self.bin_mean_inv_ratio[bins]
+            ratio = ratio * self.bin_mean_inv_ratio.gather(1, bins)
         clipped |= ratio > h.ratio_max
         ratio = ratio.clamp(max=h.ratio_max)
         weight = h.weight(ratio)
-        quantiles = torch.quantile(ratio, torch.tensor([0.05, 0.5, 0.95], device=ratio.device))
-        diagnostics = {
-            "weight_min": float(weight.min()),
-            "weight_mean": float(weight.mean()),
-            "weight_max": float(weight.max()),
-            "ratio_q05": float(quantiles[0]),
-            "ratio_q50": float(quantiles[1]),
-            "ratio_q95": float(quantiles[2]),
-            "ratio_clipped_fraction": float(clipped.float().mean()),
-        }
+        quantiles = torch.quantile(ratio, torch.tensor([0.05, 0.5, 0.95], device=ratio.device),
+                                   dim=1)
+        table = torch.stack([weight.amin(1), weight.mean(1), weight.amax(1), *quantiles,
+                             clipped.float().mean(1)]).T.tolist()
+        names = ("weight_min", "weight_mean", "weight_max", "ratio_q05", "ratio_q50",
+                 "ratio_q95", "ratio_clipped_fraction")
+        diagnostics = [dict(zip(names, row, strict=True)) for row in table]
         if cfg.weight_normalize:
-            weight = weight / (weight.mean() + WEIGHT_EPS)
-        return weight, diagnostics
+            weight = weight / (weight.mean(dim=1, keepdim=True) + WEIGHT_EPS)
+        return weight.reshape(-1), diagnostics
 
     def _update_bins(self, bins: Tensor, inv_ratio: Tensor) -> None:
-        """Fold per-bin batch means of ``1/r`` into ``bin_mean_inv_ratio`` (EMA ``bin_ema``)."""
-        n_bins = self.cfg.noise_bins
-        counts = torch.bincount(bins, minlength=n_bins)
-        sums = torch.bincount(bins, weights=inv_ratio, minlength=n_bins)
+        """Fold each member's per-bin batch means of ``1/r`` (``bins``, ``inv_ratio``:
+        ``(K, B)``) into ``bin_mean_inv_ratio`` (EMA ``bin_ema``)."""
+        k, n_bins = self.members, self.cfg.noise_bins
+        flat = (bins + n_bins * torch.arange(k, device=bins.device)[:, None]).reshape(-1)
+        counts = torch.bincount(flat, minlength=k * n_bins).reshape(k, n_bins)
+        sums = torch.bincount(flat, weights=inv_ratio.reshape(-1),
+                              minlength=k * n_bins).reshape(k, n_bins)
         present = counts > 0
         batch_mean = sums[present] / counts[present]
         decay = torch.where(self.bin_seen[present], self.cfg.bin_ema, 0.0)
@@ -188,3 +198,13 @@ class RatioEstimator(nn.Module):
             decay * self.bin_mean_inv_ratio[present] + (1 - decay) * batch_mean
         )
         self.bin_seen |= present
+
+    def member_bins(self, k: int) -> dict[str, Tensor]:
+        """Member ``k``'s bins, as a one-member estimator holds them (``(1, n_bins)``)."""
+        return {"bin_mean_inv_ratio": self.bin_mean_inv_ratio[k:k + 1].clone(),
+                "bin_seen": self.bin_seen[k:k + 1].clone()}
+
+    def load_member_bins(self, states: list[dict[str, Tensor]]) -> None:
+        """Load one :meth:`member_bins` state per member."""
+        for name in ("bin_mean_inv_ratio", "bin_seen"):
+            getattr(self, name).copy_(torch.cat([s[name] for s in states]))

@@ -13,6 +13,11 @@ A run directory holds:
 
 Calling ``run_experiment`` again on the same directory resumes from the checkpoint, or returns
 the stored result of a run that has ended.
+
+:func:`run_seed_batch` runs one config over several seeds as a seed batch (one process, the
+networks of every seed stacked; :mod:`dibregman.members`): each seed still gets its own run
+directory with exactly these files, so a batch member is read, resumed and tracked like any
+run (its checkpoint resumes alone or in another batch).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 import torch
 
-from dibregman.config import Config, to_dict
+from dibregman.config import Config, to_dict, with_overrides
 from dibregman.device import resolve_device
 from dibregman.distill import Distiller
 from dibregman.evaluate import declared_metrics
@@ -49,6 +54,8 @@ CHECKPOINT_FILE = "state.pt"
 # on_report(record, checkpoint_dir): called for every logged record; ``checkpoint_dir`` is set
 # when a checkpoint was written at that step. The last call is ``RunResult.final_report()``.
 ReportCallback = Callable[[dict[str, Any], Path | None], None]
+# The same for a seed batch, with the member's index first: on_report(k, record, checkpoint_dir).
+BatchReportCallback = Callable[[int, dict[str, Any], Path | None], None]
 
 
 @dataclass(frozen=True)
@@ -93,9 +100,9 @@ def git_revision() -> str:
     return rev + ("+dirty" if dirty.strip() else "")
 
 
-def provenance(cfg: Config, protocol: dict[str, Any]) -> dict[str, Any]:
-    """Versions, revision, device, the metric protocol and the declared metrics stored beside
-    every result."""
+def provenance(cfg: Config, protocol: dict[str, Any], seed_batch: list[int]) -> dict[str, Any]:
+    """Versions, revision, device, the seeds trained together with this one (``seed_batch``),
+    the metric protocol and the declared metrics stored beside every result."""
     import numpy
 
     device = resolve_device(cfg.device)
@@ -105,6 +112,7 @@ def provenance(cfg: Config, protocol: dict[str, Any]) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "git_revision": git_revision(),
         "seed": cfg.seed,
+        "seed_batch": seed_batch,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "metric_protocol": {**protocol, "n_curve": cfg.eval.n_curve,
                             "n_final": cfg.eval.n_final,
@@ -175,8 +183,86 @@ def run_experiment(
             (a file, or under one) or be written, or holds damaged files; the message names
             the path.
     """
-    validate(cfg)
-    run_dir = Path(run_dir)
+    report = None if on_report is None else (lambda _, record, saved: on_report(record, saved))
+    (result,) = run_seed_batch(cfg, [cfg.seed], [run_dir], report)
+    return result
+
+
+def run_seed_batch(
+    cfg: Config,
+    seeds: list[int],
+    run_dirs: list[str | Path],
+    on_report: BatchReportCallback | None = None,
+) -> list[RunResult]:
+    """:func:`run_experiment` of ``cfg`` at every seed of ``seeds``, trained as one seed batch.
+
+    Seed ``seeds[k]`` runs in ``run_dirs[k]``, its config ``cfg`` with that seed. Runs that have
+    ended return their stored result; the others resume together from their checkpoints (runs
+    whose checkpoints sit at different steps, e.g. after a kill between two writes, resume as
+    separate batches).
+
+    Returns:
+        One :class:`RunResult` per seed, in order.
+
+    Raises:
+        ConfigError, ValueError: as :func:`run_experiment`; also for repeated seeds or
+        directories, or lists of different lengths.
+    """
+    run_dirs = [Path(d) for d in run_dirs]
+    if len(seeds) != len(run_dirs) or not seeds:
+        raise ValueError(f"a seed batch needs one run directory per seed, got {len(seeds)} "
+                         f"seeds and {len(run_dirs)} directories")
+    if len(set(seeds)) != len(seeds) or len(set(run_dirs)) != len(run_dirs):
+        raise ValueError(f"a seed batch repeats a seed or a run directory: {seeds}, "
+                         f"{[str(d) for d in run_dirs]}")
+    cfgs = [with_overrides(cfg, {"seed": seed}) for seed in seeds]
+    results: dict[int, RunResult] = {}
+    pending = []
+    for k, (member_cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
+        validate(member_cfg)
+        stored = _check_run_dir(member_cfg, run_dir)
+        if stored is not None:
+            results[k] = stored
+        else:
+            pending.append(k)
+    if not pending:
+        return [results[k] for k in range(len(seeds))]
+    threads_before = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        # The teacher first: a dataset that cannot be loaded fails before anything is written.
+        teacher = teacher_for(cfg, resolve_device(cfg.device))
+        evaluator = teacher.build_evaluator(cfg)
+        for k in pending:
+            try:
+                run_dirs[k].mkdir(parents=True, exist_ok=True)
+                _write_json(run_dirs[k] / CONFIG_FILE, to_dict(cfgs[k]))
+            except OSError as err:
+                raise ValueError(f"cannot write the run directory {run_dirs[k]}: "
+                                 f"{err.strerror}") from None
+        states = {k: _read_checkpoint(run_dirs[k]) for k in pending}
+        by_step: dict[int | None, list[int]] = {}
+        for k in pending:
+            step = None if states[k] is None else states[k][0]["generator_step"]
+            by_step.setdefault(step, []).append(k)
+        for group in by_step.values():
+            batch = _SeedBatch(cfg, [seeds[k] for k in group], [run_dirs[k] for k in group],
+                               teacher, evaluator)
+            if states[group[0]] is not None:
+                batch.resume([states[k] for k in group])
+            report = None if on_report is None else (
+                lambda m, record, saved, group=group: on_report(group[m], record, saved))
+            for k, result in zip(group, batch.run(report), strict=True):
+                results[k] = result
+    finally:
+        torch.set_num_threads(threads_before)
+    return [results[k] for k in range(len(seeds))]
+
+
+def _check_run_dir(cfg: Config, run_dir: Path) -> RunResult | None:
+    """Refuse a directory that is a file, lies under one, or holds another config's run;
+    return the stored result of a run that has ended there."""
     blocking = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ValueError(f"run directory {run_dir}: {blocking} is a file, not a directory")
@@ -187,88 +273,125 @@ def run_experiment(
             raise ValueError(f"{run_dir} holds a run with a different config; use a new directory")
         if (run_dir / FINAL_FILE).exists():
             return _stored_result(run_dir)
-    threads_before = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    return None
+
+
+def _read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], float] | None:
+    """A run's checkpoint (its distiller state, its elapsed time), or None if it has none."""
+    path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+    if not path.exists():
+        return None
     try:
-        # The teacher first: a dataset that cannot be loaded fails before anything is written.
-        teacher = teacher_for(cfg, resolve_device(cfg.device))
-        evaluator = teacher.build_evaluator(cfg)
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # truncated or corrupted: torch raises several kinds
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}); delete "
+                         f"it to restart the run from step 0") from None
+    return state["distiller"], state[ELAPSED]
+
+
+class _SeedBatch:
+    """The body of :func:`run_seed_batch` for runs that start (or resume) at one step: one
+    :class:`Distiller` over their seeds, each member logging into its own directory."""
+
+    def __init__(self, cfg: Config, seeds: list[int], run_dirs: list[Path], teacher: Teacher,
+                 evaluator: Evaluator) -> None:
+        self.cfg, self.seeds, self.run_dirs, self.evaluator = cfg, seeds, run_dirs, evaluator
+        self.cfgs = [with_overrides(cfg, {"seed": seed}) for seed in seeds]
+        for member_cfg, run_dir in zip(self.cfgs, run_dirs, strict=True):
+            _write_json(run_dir / PROVENANCE_FILE,
+                        provenance(member_cfg, evaluator.protocol, seeds))
+        self.distiller = Distiller(cfg, teacher, seeds)
+        self.elapsed_before = [0.0] * len(seeds)
+        self.records: list[list[dict[str, Any]]] = [[] for _ in seeds]
+
+    def resume(self, states: list[tuple[dict[str, Any], float]]) -> None:
+        self.distiller.load_state_dicts([state for state, _ in states])
+        self.elapsed_before = [elapsed for _, elapsed in states]
+
+    def run(self, on_report: BatchReportCallback | None) -> list[RunResult]:
+        cfg, distiller = self.cfg, self.distiller
+        members = range(len(self.seeds))
+        records = [_read_records(d / METRICS_FILE, distiller.generator_step)
+                   for d in self.run_dirs]
+        files = [(d / METRICS_FILE).open("w") for d in self.run_dirs]
+        for file, kept in zip(files, records, strict=True):
+            file.writelines(json.dumps(record) + "\n" for record in kept)
+            file.flush()
+        started = time.perf_counter()
+        results: dict[int, RunResult] = {}
+
+        def wall_time(k: int) -> float:
+            return self.elapsed_before[k] + time.perf_counter() - started
+
+        def log(entries: dict[int, dict[str, Any]], checkpoint: bool) -> None:
+            """Write each member's record; with ``checkpoint`` every member's state first goes
+            to a temporary file, then all are moved into place, so a kill leaves the members'
+            checkpoints at one step (or at worst two: they then resume as two batches)."""
+            saved: dict[int, Path] = {}
+            if checkpoint:
+                tmps = {}
+                for k in entries:
+                    path = self.run_dirs[k] / CHECKPOINT_DIR / CHECKPOINT_FILE
+                    path.parent.mkdir(exist_ok=True)
+                    tmps[k] = (path.with_suffix(".tmp"), path)
+                    torch.save({"distiller": distiller.state_dict(k), ELAPSED: wall_time(k)},
+                               tmps[k][0])
+                for k, (tmp, path) in tmps.items():
+                    os.replace(tmp, path)
+                    saved[k] = path.parent
+            for k, record in entries.items():
+                record = {"step": distiller.member_steps[k], ELAPSED: wall_time(k), **record}
+                files[k].write(json.dumps(record) + "\n")
+                files[k].flush()
+                if on_report is not None:
+                    on_report(k, record, saved.get(k))
+
+        def evaluate(k: int) -> dict[str, float]:
+            return self.evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed, k))
+
+        def finish(k: int) -> None:
+            status = distiller.status[k]
+            status = Status.DIVERGED if status is Status.DIVERGED else Status.FINISHED
+            samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed, k)
+            metrics = self.evaluator.final(samples) if status is Status.FINISHED else {}
+            steps = distiller.member_steps[k]
+            title = f"{cfg.generator.name} seed {self.seeds[k]} · step {steps}"
+            self.evaluator.plot(samples, self.run_dirs[k] / SAMPLES_FILE, title)
+            result = RunResult(status, metrics, steps, wall_time(k), self.run_dirs[k])
+            _write_json(self.run_dirs[k] / FINAL_FILE, result.record())
+            files[k].close()
+            if on_report is not None:
+                on_report(k, result.final_report(), None)
+            results[k] = result
+
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(config_path, to_dict(cfg))
-        except OSError as err:
-            raise ValueError(f"cannot write the run directory {run_dir}: "
-                             f"{err.strerror}") from None
-        return _run(cfg, run_dir, teacher, evaluator, on_report)
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _run(cfg: Config, run_dir: Path, teacher: Teacher, evaluator: Evaluator,
-         on_report: ReportCallback | None) -> RunResult:
-    """The body of :func:`run_experiment`, once the directory, config and teacher are ready."""
-    _write_json(run_dir / PROVENANCE_FILE, provenance(cfg, evaluator.protocol))
-    distiller = Distiller(cfg, teacher)
-    checkpoint_path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-    elapsed_before = 0.0
-    if checkpoint_path.exists():
-        try:
-            state = torch.load(checkpoint_path, weights_only=True, map_location=distiller.device)
-        except Exception as err:  # truncated or corrupted: torch raises several kinds
-            raise ValueError(f"{checkpoint_path} cannot be read ({type(err).__name__}); delete "
-                             f"it to restart the run from step 0") from None
-        distiller.load_state_dict(state["distiller"])
-        elapsed_before = state[ELAPSED]
-    records = _read_records(run_dir / METRICS_FILE, distiller.generator_step)
-    metrics_file = (run_dir / METRICS_FILE).open("w")
-    for record in records:
-        metrics_file.write(json.dumps(record) + "\n")
-    metrics_file.flush()
-    started = time.perf_counter()
-
-    def wall_time() -> float:
-        return elapsed_before + time.perf_counter() - started
-
-    def log(record: dict[str, Any], checkpoint: bool) -> None:
-        record = {"step": distiller.generator_step, ELAPSED: wall_time(), **record}
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        saved = None
-        if checkpoint:
-            checkpoint_path.parent.mkdir(exist_ok=True)
-            tmp = checkpoint_path.with_suffix(".tmp")
-            torch.save({"distiller": distiller.state_dict(), ELAPSED: wall_time()}, tmp)
-            os.replace(tmp, checkpoint_path)
-            saved = checkpoint_path.parent
-        if on_report is not None:
-            on_report(record, saved)
-
-    def evaluate() -> dict[str, float]:
-        return evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed))
-
-    try:
-        if distiller.generator_step == 0 and not records:
-            log({**distiller.warmup(), **evaluate()}, checkpoint=False)
-        total = cfg.train.generator_steps
-        while distiller.generator_step < total and distiller.status is not Status.DIVERGED:
-            record = distiller.step()
-            step = distiller.generator_step
-            if step % cfg.eval.every == 0 or step == total:
-                record.update(evaluate())
-            if (step % cfg.log_every == 0 or step == total
-                    or distiller.status is Status.DIVERGED):
-                log(record, checkpoint=step % cfg.checkpoint_every == 0)
-
-        status = Status.DIVERGED if distiller.status is Status.DIVERGED else Status.FINISHED
-        samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed)
-        metrics = evaluator.final(samples) if status is Status.FINISHED else {}
-        title = f"{cfg.generator.name} seed {cfg.seed} · step {distiller.generator_step}"
-        evaluator.plot(samples, run_dir / SAMPLES_FILE, title)
-        result = RunResult(status, metrics, distiller.generator_step, wall_time(), run_dir)
-        _write_json(run_dir / FINAL_FILE, result.record())
-        if on_report is not None:
-            on_report(result.final_report(), None)
-        return result
-    finally:
-        metrics_file.close()
+            if distiller.generator_step == 0 and not any(records):
+                warm = distiller.warmup()
+                log({k: {**warm[k], **evaluate(k)} for k in members}, checkpoint=False)
+            for k in members:
+                if distiller.status[k] is Status.DIVERGED:  # resumed at its divergence
+                    finish(k)
+            total = cfg.train.generator_steps
+            while distiller.generator_step < total and distiller.running():
+                running = distiller.running()
+                step_records = distiller.step()
+                step = distiller.generator_step
+                entries = {}
+                for k in running:
+                    record = step_records[k]
+                    if step % cfg.eval.every == 0 or step == total:
+                        record.update(evaluate(k))
+                    if (step % cfg.log_every == 0 or step == total
+                            or distiller.status[k] is Status.DIVERGED):
+                        entries[k] = record
+                if entries:
+                    log(entries, checkpoint=step % cfg.checkpoint_every == 0)
+                for k in running:
+                    if distiller.status[k] is Status.DIVERGED:
+                        finish(k)
+            for k in distiller.running():
+                finish(k)
+            return [results[k] for k in members]
+        finally:
+            for file in files:
+                file.close()

@@ -76,8 +76,8 @@ def test_teacher_training_lowers_the_dsm_loss(tmp_path):
     init_parameters(untrained, torch.Generator().manual_seed(cfg.seed), zero_last=True)
     noised = x0 + expand_sigma(sigma, x0) * noise
     with torch.no_grad():
-        before = dsm_loss(untrained(noised, sigma), x0, sigma, cfg.sigma_data)
-        after = dsm_loss(teacher.network(noised, sigma), x0, sigma, cfg.sigma_data)
+        before = dsm_loss(untrained(noised, sigma), x0, sigma, cfg.sigma_data).mean()
+        after = dsm_loss(teacher.network(noised, sigma), x0, sigma, cfg.sigma_data).mean()
     assert after < 0.8 * before, (float(before), float(after))
     losses = [json.loads(line)["loss"] for line in (directory / "log.jsonl").open()]
     assert len(losses) == 3 and not (directory / "state.pt").exists()

@@ -19,6 +19,7 @@ from dibregman.metrics import (
     frechet_distance,
     frechet_distance_to_moments,
     gaussian_moments,
+    kth_nn_radii,
     mixture_log_prob,
     mixture_moments,
     mmd_rbf,
@@ -226,6 +227,16 @@ def test_precision_recall_chunking_does_not_change_result():
     whole = precision_recall(real, fake, k=3, chunk=10_000)
     assert small == whole
     assert 0.0 < small[0] < 1.0 and 0.0 < small[1] < 1.0  # a non-trivial case
+
+
+def test_precision_recall_with_known_real_radii_is_the_same_result():
+    means, stds, weights = ring_mixture()
+    real, _ = sample_mixture(300, means, stds, weights, seed=18)
+    fake, _ = sample_mixture(200, means * 1.1, stds * 1.5, weights, seed=19)
+    radii = kth_nn_radii(real, k=3)
+    assert precision_recall(real, fake, k=3, real_radii=radii) == precision_recall(real, fake, k=3)
+    with pytest.raises(ValueError, match="real_radii must have shape"):
+        precision_recall(real, fake, k=3, real_radii=radii[:10])
 
 
 def test_precision_recall_needs_more_than_k_points():

@@ -33,7 +33,7 @@ def fit(name: str, steps: int = 600) -> RatioEstimator:
         q = torch.randn(512, 2, generator=gen) + SHIFT
         loss, _ = estimator.loss(p, q, sigma)
         opt.zero_grad()
-        loss.backward()
+        loss.sum().backward()
         opt.step()
     return estimator
 
@@ -91,9 +91,9 @@ def test_bin_self_normalisation_makes_mean_inverse_ratio_one():
     sigma = torch.logspace(-2.5, 1.2, 100)
     weight, diag = est.weights(get_generator("pearson"), torch.zeros(100, 2), sigma)
     torch.testing.assert_close(weight, torch.ones(100))  # Pearson: w = r = 1
-    assert diag["ratio_q50"] == pytest.approx(1.0)
+    assert diag[0]["ratio_q50"] == pytest.approx(1.0)
     assert est.bin_seen.all()
-    torch.testing.assert_close(est.bin_mean_inv_ratio, torch.full((10,), 0.5))
+    torch.testing.assert_close(est.bin_mean_inv_ratio, torch.full((1, 10), 0.5))
 
 
 def test_bin_ema_blends_batches():
@@ -103,7 +103,7 @@ def test_bin_ema_blends_batches():
     est.weights(gen, torch.zeros(4, 2), sigma)  # first batch sets the bin: mean 1/r = 0.5
     est.network.log_r = torch.full((4,), math.log(0.5))
     est.weights(gen, torch.zeros(4, 2), sigma)  # second: 0.5 * 0.5 + 0.5 * 2 = 1.25
-    assert float(est.bin_mean_inv_ratio[est.noise_bin(sigma[:1])]) == pytest.approx(1.25)
+    assert float(est.bin_mean_inv_ratio[0, est.noise_bin(sigma[:1])]) == pytest.approx(1.25)
     assert "bin_mean_inv_ratio" in est.state_dict()
 
 
@@ -111,8 +111,8 @@ def test_clamp_and_clip_bound_the_ratio():
     log_r = torch.tensor([-50.0, 0.0, 50.0])
     est = pipeline(log_r, bin_normalize=False, weight_normalize=False)
     _, diag = est.weights(get_generator("pearson"), torch.zeros(3, 2), torch.ones(3))
-    assert diag["ratio_q05"] >= 0.05 - 1e-6 and diag["ratio_q95"] <= 10.0 + 1e-5
-    assert diag["ratio_clipped_fraction"] == pytest.approx(2 / 3)
+    assert diag[0]["ratio_q05"] >= 0.05 - 1e-6 and diag[0]["ratio_q95"] <= 10.0 + 1e-5
+    assert diag[0]["ratio_clipped_fraction"] == pytest.approx(2 / 3)
 
 
 def test_ratio_is_clipped_before_the_bin_normalisation():
@@ -124,11 +124,11 @@ def test_ratio_is_clipped_before_the_bin_normalisation():
     est = pipeline(log_r, weight_normalize=False)
     weight, diag = est.weights(get_generator("pearson"), torch.zeros(64, 2), torch.ones(64))
     factor = (63 + 20) / 64
-    torch.testing.assert_close(est.bin_mean_inv_ratio[est.noise_bin(torch.ones(1))],
+    torch.testing.assert_close(est.bin_mean_inv_ratio[0, est.noise_bin(torch.ones(1))],
                                torch.tensor([factor]))
     torch.testing.assert_close(weight[1:], torch.full((63,), factor))  # Pearson: w = r
     torch.testing.assert_close(weight[0], torch.tensor(0.05 * factor))
-    assert diag["ratio_clipped_fraction"] == pytest.approx(1 / 64)
+    assert diag[0]["ratio_clipped_fraction"] == pytest.approx(1 / 64)
 
 
 def test_all_zero_weights_make_no_step_instead_of_nan():
@@ -137,13 +137,13 @@ def test_all_zero_weights_make_no_step_instead_of_nan():
     est = pipeline(torch.full((8,), 3.0), bin_normalize=False)
     weight, diag = est.weights(get_generator("log_squared"), torch.zeros(8, 2), torch.ones(8))
     assert torch.equal(weight, torch.zeros(8))
-    assert diag["ratio_clipped_fraction"] == 1.0
+    assert diag[0]["ratio_clipped_fraction"] == 1.0
 
 
 def test_log_squared_is_clipped_to_its_convex_domain():
     est = pipeline(torch.tensor([2.0, 3.0]), bin_normalize=False, weight_normalize=False)
     weight, diag = est.weights(get_generator("log_squared"), torch.zeros(2, 2), torch.ones(2))
-    assert diag["ratio_q95"] <= math.e + 1e-6
+    assert diag[0]["ratio_q95"] <= math.e + 1e-6
     assert (weight >= 0).all()  # w = (1 - log r) / r would be negative above e
 
 
@@ -155,4 +155,4 @@ def test_batch_mean_normalisation_and_reverse_kl_identity():
     assert weight[0] > weight[-1]  # FKL weight 1/r shrinks with r
     weight, diag = est.weights(get_generator("reverse_kl"), torch.zeros(64, 2), torch.ones(64))
     assert torch.equal(weight, torch.ones(64))
-    assert diag["weight_min"] == diag["weight_max"] == 1.0
+    assert diag[0]["weight_min"] == diag[0]["weight_max"] == 1.0

@@ -13,6 +13,7 @@ from dibregman.evaluators.base import Evaluator, metric, nan_if_not_finite
 from dibregman.metrics import (
     frechet_distance_to_moments,
     gaussian_moments,
+    kth_nn_radii,
     mmd_rbf,
     precision_recall,
 )
@@ -36,6 +37,7 @@ class VectorEvaluator(Evaluator):
         self.reference = teacher.sample(max(cfg.n_pr, cfg.n_mmd),
                                         torch.Generator().manual_seed(cfg.seed))
         self.moments = self.teacher_moments()
+        self.reference_radii: Tensor | None = None
         self.protocol = {
             "fd": self.fd_protocol,
             "precision_recall": f"k-NN manifolds, k={cfg.pr_k}, vs teacher draw seed {cfg.seed}",
@@ -92,8 +94,10 @@ class VectorEvaluator(Evaluator):
         if not torch.isfinite(samples).all():
             return metrics
         metrics.update(self.exact(samples))
+        if self.reference_radii is None:  # once per evaluator: every run meets the same set
+            self.reference_radii = kth_nn_radii(self.reference[: cfg.n_pr], cfg.pr_k)
         precision, recall = precision_recall(self.reference[: cfg.n_pr], samples[: cfg.n_pr],
-                                             k=cfg.pr_k)
+                                             k=cfg.pr_k, real_radii=self.reference_radii)
         metrics[f"precision_k{cfg.pr_k}_n{cfg.n_pr}"] = precision
         metrics[f"recall_k{cfg.pr_k}_n{cfg.n_pr}"] = recall
         metrics[f"mmd_n{cfg.n_mmd}"] = mmd_rbf(self.reference[: cfg.n_mmd],

@@ -40,7 +40,7 @@ from dibregman.metrics.mixture import (
     negative_log_likelihood,
 )
 from dibregman.metrics.reference import cached_moments, content_hash
-from dibregman.metrics.samples import mmd_rbf, precision_recall
+from dibregman.metrics.samples import kth_nn_radii, mmd_rbf, precision_recall
 
 __all__ = [
     "DomainClassifier",
@@ -56,6 +56,7 @@ __all__ = [
     "inception_extractor",
     "inception_features",
     "inception_weights",
+    "kth_nn_radii",
     "mixture_log_prob",
     "mixture_moments",
     "mmd_rbf",

@@ -47,8 +47,16 @@ def _inside_manifold(points: Tensor, centres: Tensor, radii: Tensor, chunk: int)
     return inside
 
 
+def kth_nn_radii(x: Tensor, k: int = 3, chunk: int = 256) -> Tensor:
+    """The k-NN ball radii of a sample set ``x: (N, D)``, float64 ``(N,)``: what
+    :func:`precision_recall` computes for its real set, to pass again when one reference set
+    measures many generators."""
+    return _kth_nn_radii(_check_samples("x", x, k + 1), k, chunk)
+
+
 def precision_recall(
-    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 256
+    real: torch.Tensor, fake: torch.Tensor, k: int = 3, chunk: int = 256,
+    real_radii: Tensor | None = None,
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019, Sec. 2).
 
@@ -63,6 +71,7 @@ def precision_recall(
         fake: ``(M, D)`` generated samples, ``M > k``.
         k: neighbour rank defining the ball radii (the paper uses 3).
         chunk: rows per distance block; does not change the result.
+        real_radii: ``kth_nn_radii(real, k)`` when already known (the same result, faster).
 
     Returns:
         ``(precision, recall)``, each in ``[0, 1]``.
@@ -73,7 +82,12 @@ def precision_recall(
     fake = _check_samples("fake", fake, k + 1).to(real.device)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"dimension mismatch: {real.shape[1]} vs {fake.shape[1]}")
-    real_radii = _kth_nn_radii(real, k, chunk)
+    if real_radii is None:
+        real_radii = _kth_nn_radii(real, k, chunk)
+    elif real_radii.shape != (real.shape[0],):
+        raise ValueError(f"real_radii must have shape ({real.shape[0]},), got "
+                         f"{tuple(real_radii.shape)}")
+    real_radii = real_radii.to(real)
     fake_radii = _kth_nn_radii(fake, k, chunk)
     precision = _inside_manifold(fake, real, real_radii, chunk).double().mean()
     recall = _inside_manifold(real, fake, fake_radii, chunk).double().mean()

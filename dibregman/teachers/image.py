@@ -155,7 +155,7 @@ def train_teacher(
                                                           device=device)).exp()
             noise = torch.randn(x0.shape, generator=rng, device=device)
             denoised = network(x0 + expand_sigma(sigma, x0) * noise, sigma)
-            loss = dsm_loss(denoised, x0, sigma, cfg.sigma_data)
+            loss = dsm_loss(denoised, x0, sigma, cfg.sigma_data).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
