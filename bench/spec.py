@@ -17,6 +17,7 @@ A spec::
       aa: {generator: alpha, generator.alpha: 1.0}            # reverse_kl under another name
       positive: {generator: reverse_kl, train.generator_steps: 100}   # known to be worse
     seeds: [0, 1, 2]               # repetitions, not hyper-parameters
+    seed_batch: 3                  # optional: seeds trained together in one trial (default 1)
     search:                        # instead of grid: Optuna over a space (one seed)
       num_samples: 12
       sampler_seed: 0
@@ -29,6 +30,8 @@ A spec::
     max_concurrent: 2
     time_budget_s: 900
 
+``seed_batch: K`` makes each trial train ``K`` seeds of its arm in one process, their networks
+stacked (:mod:`dibregman.members`); every seed is still its own run and MLflow child run.
 ``generator`` is shorthand for ``generator.name`` wherever a config key is expected.
 Grid arms that train identically (weights equal up to a constant under batch-mean weight
 normalisation, :mod:`dibregman.equivalence`) are kept but recorded in ``SweepSpec.warnings``.
@@ -55,8 +58,9 @@ from dibregman.results import Stage
 from dibregman.validation import validate
 
 KEY_ALIASES = {"generator": "generator.name"}
-TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "seeds", "search", "scheduler",
-                  "metric", "headline", "mode", "resources", "max_concurrent", "time_budget_s")
+TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "seeds", "seed_batch", "search",
+                  "scheduler", "metric", "headline", "mode", "resources", "max_concurrent",
+                  "time_budget_s")
 # Validity controls of a grid sweep: an A/A arm (the reference's method under another name: the
 # report must never flag it) and a positive arm (known to differ: the report must flag it).
 CONTROL_ROLES = {"aa": "A/A control", "positive": "positive control"}
@@ -105,6 +109,7 @@ class SweepSpec:
         overrides: base config overrides (canonical keys).
         grid: the expanded grid points, each an override dict (without the seed).
         seeds: repetition seeds.
+        seed_batch: seeds one trial trains together (:meth:`seed_batches`).
         search: Optuna search, if any (then ``grid`` is ``[{}]``).
         scheduler: ASHA settings, if any.
         metric, mode: what the search and scheduler optimise.
@@ -137,14 +142,21 @@ class SweepSpec:
     warnings: list[str] = field(default_factory=list)
     controls: dict[str, str] = field(default_factory=dict)
     headline: str | None = None
+    seed_batch: int = 1
 
     def base_config(self) -> Config:
         """The preset with the spec's base overrides applied."""
         return with_overrides(get_preset(self.preset), self.overrides)
 
     def trials(self) -> list[dict[str, Any]]:
-        """Every grid trial as an override dict, seeds innermost (``seed`` included)."""
+        """Every grid run as an override dict, seeds innermost (``seed`` included)."""
         return [{**point, "seed": seed} for point in self.grid for seed in self.seeds]
+
+    def seed_batches(self) -> list[list[int]]:
+        """The seeds cut into the batches one trial trains together (``seed_batch`` each, the
+        last may hold fewer); a grid sweep runs every point at every batch."""
+        step = self.seed_batch
+        return [self.seeds[i:i + step] for i in range(0, len(self.seeds), step)]
 
 
 def trial_name(overrides: dict[str, Any]) -> str:
@@ -163,6 +175,13 @@ def trial_name(overrides: dict[str, Any]) -> str:
             parts.append(f"{label}{value:.4g}" if isinstance(value, float) else f"{label}{value}")
     name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", "-".join(parts))[:120]
     return f"{name}-s{overrides.get('seed', 0)}" if parts else f"s{overrides.get('seed', 0)}"
+
+
+def batch_name(overrides: dict[str, Any], seeds: list[int]) -> str:
+    """A trial's name: :func:`trial_name` with its seeds, e.g. ``pearson-s0`` or
+    ``pearson-s0-9`` for a batch of the seeds 0 to 9 (first and last)."""
+    label = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    return trial_name({**overrides, "seed": label})
 
 
 def arm_name(overrides: dict[str, Any]) -> str:
@@ -273,6 +292,11 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     if len(set(seeds)) != len(seeds):
         raise fail("seeds", f"{seeds!r} repeats a seed")
 
+    seed_batch = data.get("seed_batch", 1)
+    if (not isinstance(seed_batch, int) or isinstance(seed_batch, bool)
+            or not 1 <= seed_batch <= len(seeds)):
+        raise fail("seed_batch", f"{seed_batch!r} must be an integer from 1 to the number of "
+                                 f"seeds ({len(seeds)})")
     search = _parse_search(data.get("search"), fail) if "search" in data else None
     if search is not None:
         if "grid" in data:
@@ -325,6 +349,9 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         raise fail("headline", f"{top!r} is not a final metric of preset {preset}; valid: "
                                f"{', '.join(finals)}")
     scheduler = _parse_scheduler(data.get("scheduler"), fail) if "scheduler" in data else None
+    if scheduler is not None and seed_batch > 1:
+        raise fail("seed_batch", "a scheduler stops trials by their reports; with seed_batch > 1 "
+                                 "a trial reports for several seeds: use one or the other")
     resources = _parse_resources(data.get("resources", {}), fail)
     max_concurrent = data.get("max_concurrent")
     if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1
@@ -343,7 +370,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:12],
         warnings=(_duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
                   if search is None else []),
-        controls=controls, headline=top,
+        controls=controls, headline=top, seed_batch=seed_batch,
     )
 
 

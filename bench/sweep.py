@@ -1,9 +1,10 @@
 """Sweeps on Ray Tune (grid, or Optuna search with optional ASHA), tracked in MLflow.
 
-The trainable :func:`distill_trainable` calls :func:`dibregman.run.run_experiment` in the
-trial's own directory and forwards every record to ``tune.report`` (with the run's checkpoint
-when one was written), so a retried or restored trial resumes from its checkpoint. A run that
-ends ``diverged`` is a finished trial with that status.
+A trial is one arm at a batch of seeds (``seed_batch`` in the spec; one seed by default). The
+trainable :func:`distill_trainable` calls :func:`dibregman.run.run_seed_batch` with one run
+directory per seed and forwards every record to ``tune.report`` (with the checkpoints when they
+were written), so a retried or restored trial resumes from its checkpoints. A run that ends
+``diverged`` is a finished run with that status.
 
 By default the sweep starts a private local Ray runtime on loopback and shuts it down at the
 end; ``--address`` / ``RAY_ADDRESS`` joins an existing cluster instead (then ``--storage`` must
@@ -31,12 +32,18 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
-from bench.spec import Domain, SpecError, SweepSpec, trial_name
-from bench.tracking import SweepTracker, open_store, resolve_tracking_uri, trial_run_dir
+from bench.spec import Domain, SpecError, SweepSpec, batch_name, trial_name
+from bench.tracking import (
+    SweepTracker,
+    open_store,
+    resolve_tracking_uri,
+    trial_dir,
+    trial_run_dir,
+)
 from dibregman.config import from_dict, to_dict, with_overrides
 from dibregman.evaluate import curve_metrics
 from dibregman.results import Status
-from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_experiment
+from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_seed_batch
 from dibregman.teachers import TeacherKind, teacher_entry
 
 MAX_FAILURES = 2
@@ -44,39 +51,74 @@ MAX_FAILURES = 2
 
 def distill_trainable(config: dict[str, Any], base: dict[str, Any],
                       experiment_path: str) -> None:
-    """Ray Tune function trainable: one Di-Bregman run.
+    """Ray Tune function trainable: the Di-Bregman runs of one arm at a batch of seeds.
 
     Args:
-        config: ``{"overrides": {config_key: value, ..., "seed": s}}`` from the param space.
+        config: ``{"overrides": {config_key: value, ...}, "seeds": [s, ...]}`` from the param
+            space; the seeds train as one seed batch (:func:`dibregman.run.run_seed_batch`).
         base: the sweep's base config (``to_dict`` form).
         experiment_path: the sweep's directory in storage (see :func:`trial_run_dir`).
+
+    Every record goes to ``tune.report`` with its run's ``seed``; a checkpoint step reports, once,
+    a checkpoint holding every member's state (``s<seed>/state.pt``), so a retried or restored
+    trial resumes its members from their checkpoints.
     """
     cfg = with_overrides(from_dict(base), config["overrides"])
+    seeds = list(config["seeds"])
     curve_keys = {spec.key for spec in curve_metrics(cfg)}
-    run_dir = trial_run_dir(experiment_path, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    run_dirs = [trial_run_dir(experiment_path, trial_id, seed) for seed in seeds]
     restored = tune.get_checkpoint()
-    local = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-    if restored is not None and not local.exists():
-        # A trial moved to another node: start from the checkpoint Tune kept in storage.
+    if restored is not None:
+        # A trial moved to another node: start from the checkpoints Tune kept in storage.
         with restored.as_directory() as directory:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(directory) / CHECKPOINT_FILE, local)
-    # Every report carries the latest curve metrics, so that Tune always finds the sweep's
-    # metric: a trial restored from a checkpoint (a killed driver or worker) reports log records
-    # before its next evaluation, and those take the values its earlier attempt evaluated.
-    latest = last_values(run_dir / METRICS_FILE, curve_keys)
-    reported_final = False
+            for seed, run_dir in zip(seeds, run_dirs, strict=True):
+                source = Path(directory) / f"s{seed}" / CHECKPOINT_FILE
+                local = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+                if source.exists() and not local.exists():
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(source, local)
+    # Every report carries its run's latest curve metrics, so that Tune always finds the
+    # sweep's metric: a trial restored from a checkpoint (a killed driver or worker) reports log
+    # records before its next evaluation, and those take the values its earlier attempt
+    # evaluated.
+    latest = [last_values(run_dir / METRICS_FILE, curve_keys) for run_dir in run_dirs]
+    reported_final = [False] * len(seeds)
+    checkpointed_step: list[int | None] = [None]
+    stage = trial_dir(experiment_path, trial_id) / "checkpoint"
 
-    def report(record: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        nonlocal reported_final
-        latest.update({k: v for k, v in record.items() if k in curve_keys})
-        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report({**latest, **record}, checkpoint=checkpoint)
-        reported_final = bool(record.get("final"))
+    def report(k: int, record: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        latest[k].update({key: v for key, v in record.items() if key in curve_keys})
+        checkpoint = None
+        if checkpoint_dir is not None and record["step"] != checkpointed_step[0]:
+            checkpointed_step[0] = record["step"]
+            checkpoint = Checkpoint.from_directory(stage_checkpoints(stage, seeds, run_dirs))
+        tune.report({**latest[k], **record, "seed": seeds[k]}, checkpoint=checkpoint)
+        reported_final[k] = bool(record.get("final"))
 
-    result = run_experiment(cfg, run_dir, on_report=report)
-    if not reported_final:  # the run had ended before this attempt: report its stored result
-        report(result.final_report(), None)  # ``latest`` holds its curve values from the file
+    results = run_seed_batch(cfg, seeds, run_dirs, on_report=report)
+    for k, result in enumerate(results):
+        if not reported_final[k]:  # the run had ended before this attempt: its stored result
+            report(k, result.final_report(), None)  # ``latest`` holds its curve values
+
+
+def trial_title(config: dict[str, Any]) -> str:
+    """A trial's name from its Tune config: its arm and seeds (:func:`bench.spec.batch_name`)."""
+    return batch_name(config["overrides"], config["seeds"])
+
+
+def stage_checkpoints(stage: Path, seeds: list[int], run_dirs: list[Path]) -> Path:
+    """A directory ``stage`` holding ``s<seed>/state.pt`` for every run of a batch that has a
+    checkpoint: hard links (no copies) to the runs' own checkpoint files, which are replaced,
+    never rewritten, so a link keeps the state it was made for."""
+    shutil.rmtree(stage, ignore_errors=True)
+    for seed, run_dir in zip(seeds, run_dirs, strict=True):
+        source = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+        if source.exists():
+            (stage / f"s{seed}").mkdir(parents=True)
+            os.link(source, stage / f"s{seed}" / CHECKPOINT_FILE)
+    stage.mkdir(parents=True, exist_ok=True)
+    return stage
 
 
 def last_values(metrics_file: Path, keys: set[str]) -> dict[str, Any]:
@@ -119,8 +161,11 @@ class SweepSummary:
 
 
 class LiveView(Callback):
-    """A compact console view (one line per ended trial: counts by status, best so far) that
-    also keeps the tally of how every trial of the sweep ended, restored ones included."""
+    """A compact console view (one line per ended run: counts by status, best so far) that
+    also keeps the tally of how every run of the sweep ended, restored ones included.
+
+    Runs are keyed ``(trial id, seed)``: a trial of a seed batch holds several.
+    """
 
     # Tuner.restore brings back the callbacks pickled with the experiment, not the ones the
     # driver builds for the resumed session: the view in use registers itself here.
@@ -130,7 +175,7 @@ class LiveView(Callback):
         self.spec = spec
         self.total = total
         self.console = console
-        self.ended: dict[str, Status] = {}  # trial id -> how it ended
+        self.ended: dict[tuple[str, int], Status] = {}  # (trial id, seed) -> how it ended
         self.best: tuple[str, float] | None = None
         self.all_trials: list[Trial] | None = None
         self.started = False
@@ -146,64 +191,77 @@ class LiveView(Callback):
         self.started = False
         LiveView.active = self
 
-    def _end(self, trial: Trial, status: Status) -> None:
-        self.ended[trial.trial_id] = status
-        value = (trial.last_result or {}).get(self.spec.metric)
+    @staticmethod
+    def run_name(trial: Trial, seed: int) -> str:
+        return trial_name({**trial.config["overrides"], "seed": seed})
+
+    def _end(self, trial: Trial, seed: int, status: Status, value: Any,
+             trials: list[Trial] | None) -> None:
+        self.ended[(trial.trial_id, seed)] = status
         if status is Status.FINISHED and isinstance(value, float) and math.isfinite(value) and (
                 self.best is None or (value < self.best[1] if self.spec.mode == "min"
                                       else value > self.best[1])):
-            self.best = (str(trial), value)
+            self.best = (self.run_name(trial, seed), value)
+        if trials is not None:
+            self._line(trial, seed, value, trials)
 
-    @staticmethod
-    def _status(trial: Trial) -> Status:
-        last = trial.last_result or {}
-        return Status(last["status"]) if last.get("final") else Status.STOPPED
+    def _end_unfinished(self, trial: Trial, status: Status, trials: list[Trial] | None) -> None:
+        """Every run of ``trial`` that reported no final record ended ``status``."""
+        for seed in trial.config["seeds"]:
+            if (trial.trial_id, seed) not in self.ended:
+                self._end(trial, seed, status, None, trials)
 
     def counts(self) -> dict[str, int]:
-        """How many trials ended each way (every ending status, zeros included)."""
+        """How many runs ended each way (every ending status, zeros included)."""
         counts = {str(s): 0 for s in Status if s is not Status.RUNNING}
         for status in self.ended.values():
             counts[str(status)] += 1
         return counts
 
-    def _line(self, trial: Trial, trials: list[Trial]) -> None:
-        value = (trial.last_result or {}).get(self.spec.metric)
+    def _line(self, trial: Trial, seed: int, value: Any, trials: list[Trial]) -> None:
         shown = f"{self.spec.metric} {value:.4g}" if isinstance(value, float) else ""
         counts = {**self.counts(),
-                  str(Status.RUNNING): sum(t.status == Trial.RUNNING for t in trials)}
+                  "running trials": sum(t.status == Trial.RUNNING for t in trials)}
         listed = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
         best = f"best {self.best[0]} {self.best[1]:.4g}" if self.best else ""
-        self.console.print(f"[{len(self.ended)}/{self.total}] {trial} "
-                           f"{self.ended[trial.trial_id]} {shown}  |  {listed}  |  {best}",
-                           highlight=False, soft_wrap=True)
+        self.console.print(f"[{len(self.ended)}/{self.total}] {self.run_name(trial, seed)} "
+                           f"{self.ended[(trial.trial_id, seed)]} {shown}  |  {listed}  |  "
+                           f"{best}", highlight=False, soft_wrap=True)
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
         if not self.started:  # a restored sweep: trials that ended in an earlier session
             self.started = True
             for trial in trials:
-                if trial.status == Trial.TERMINATED and trial.trial_id not in self.ended:
-                    self._end(trial, self._status(trial))
+                if trial.status == Trial.TERMINATED:
+                    self._end_unfinished(trial, Status.FINISHED, None)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
+                        **info) -> None:
+        if result.get("final"):
+            self._end(trial, int(result["seed"]), Status(result["status"]),
+                      result.get(self.spec.metric), trials)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info):
-        self._end(trial, self._status(trial))
-        self._line(trial, trials)
+        self._end_unfinished(trial, Status.STOPPED, trials)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):
-        self._end(trial, Status.FAILED)
-        self._line(trial, trials)
+        self._end_unfinished(trial, Status.FAILED, trials)
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         self.all_trials = list(trials)
 
     def interrupted(self) -> bool:
-        """True if some trial neither ended nor failed (Ctrl-C, a killed driver)."""
-        return self.all_trials is None or len(self.ended) < len(self.all_trials)
+        """True if some run neither ended nor failed (Ctrl-C, a killed driver)."""
+        if self.all_trials is None:
+            return True
+        return len(self.ended) < sum(len(t.config["seeds"]) for t in self.all_trials)
 
 
 def expanded_trials(spec: SweepSpec) -> list[str]:
     """Human-readable lines describing the trials a spec will run (for ``--dry-run``)."""
     if spec.search is None:
-        return [f"{trial_name(t)}: {t}" for t in spec.trials()]
+        return [f"{batch_name(point, seeds)}: {point} seeds {seeds}"
+                for point in spec.grid for seeds in spec.seed_batches()]
     space = ", ".join(f"{k} ~ {d.kind}{list(d.args)}" for k, d in spec.search.space.items())
     return [f"{spec.search.num_samples} Optuna samples (TPE, seed {spec.search.sampler_seed}) "
             f"of {space}; seed {spec.seeds[0]}"]
@@ -317,7 +375,7 @@ def run_sweep(
     except BaseException:
         ray.shutdown()
         raise
-    total = spec.search.num_samples if spec.search else len(spec.trials())
+    total = spec.search.num_samples if spec.search else len(spec.trials())  # runs
     view = LiveView(spec, total, console)
 
     base = spec.base_config()
@@ -366,9 +424,10 @@ def run_sweep(
 
 def _param_space(spec: SweepSpec) -> dict[str, Any]:
     if spec.search is None:
-        return {"overrides": tune.grid_search(spec.trials())}
+        return {"overrides": tune.grid_search(spec.grid),
+                "seeds": tune.grid_search(spec.seed_batches())}
     space = {key: tune_domain(domain) for key, domain in spec.search.space.items()}
-    return {"overrides": {**space, "seed": spec.seeds[0]}}
+    return {"overrides": space, "seeds": [spec.seeds[0]]}
 
 
 def _tune_config(spec: SweepSpec, base, max_concurrent: int | None) -> tune.TuneConfig:
@@ -391,7 +450,7 @@ def _tune_config(spec: SweepSpec, base, max_concurrent: int | None) -> tune.Tune
         max_concurrent_trials=max_concurrent or spec.max_concurrent,
         time_budget_s=spec.time_budget_s,
         reuse_actors=True,
-        trial_name_creator=lambda trial: trial_name(trial.config["overrides"]),
-        trial_dirname_creator=lambda trial: f"{trial_name(trial.config['overrides'])}"
+        trial_name_creator=lambda trial: trial_title(trial.config),
+        trial_dirname_creator=lambda trial: f"{trial_title(trial.config)}"
                                             f"-{trial.trial_id}",
     )

@@ -1,12 +1,14 @@
-"""MLflow tracking of sweeps: one parent run per sweep, one child run per trial.
+"""MLflow tracking of sweeps: one parent run per sweep, one child run per run (a trial of a seed
+batch holds one run per seed).
 
 All MLflow writes happen in the sweep driver (a Ray Tune callback), never in trial workers, so
 a sqlite store sees one writer. The driver creates the store and the experiment before any
 trial starts.
 
-Child runs are keyed by the Ray trial id (tag ``ray.trial_id``): a retried or restored trial
-reopens its own child run instead of creating a second one, and records at or below the last
-logged step are not logged again. Every run ends FINISHED, FAILED or KILLED.
+Child runs are keyed by the Ray trial id and the seed (tags ``ray.trial_id``, ``seed``): a
+retried or restored trial reopens its own child runs instead of creating new ones, and records
+at or below the last logged step are not logged again. Every run ends FINISHED, FAILED or
+KILLED.
 """
 
 from __future__ import annotations
@@ -49,16 +51,21 @@ ARM_TAG = "arm"  # a grid trial's arm name (bench.spec.arm_name): the report's l
 HEADLINE_TAG = "sweep.headline"  # the final metric the report ranks and compares arms by
 CONTROLS_TAG = "sweep.controls"  # JSON {role: arm name} of the spec's validity controls
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "step", "final", "should_checkpoint", "trial_id",
-               "experiment_tag"}
+               "experiment_tag", "seed"}
 
 
-def trial_run_dir(experiment_path: str | Path, trial_id: str) -> Path:
-    """Where a trial's ``run_experiment`` files live: ``EXPERIMENT/runs/TRIAL_ID``.
+def trial_dir(experiment_path: str | Path, trial_id: str) -> Path:
+    """Where a trial's runs live: ``EXPERIMENT/runs/TRIAL_ID``.
 
     Beside Ray's own trial directories in the sweep's storage (shared on a cluster), so the
     driver can read them as soon as the trial ends and a restored trial finds them again.
     """
     return Path(experiment_path) / "runs" / trial_id
+
+
+def trial_run_dir(experiment_path: str | Path, trial_id: str, seed: int) -> Path:
+    """The run directory of a trial's seed ``seed``: ``EXPERIMENT/runs/TRIAL_ID/s<seed>``."""
+    return trial_dir(experiment_path, trial_id) / f"s{seed}"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -207,15 +214,17 @@ class SweepTracker(Callback):
 
     # -- children --------------------------------------------------------------------------------
 
-    def _child(self, trial: Trial) -> str:
-        """The child run of ``trial``: reopened if it exists, else created with its params."""
-        if trial.trial_id in self.run_ids:
-            return self.run_ids[trial.trial_id]
+    def _child(self, trial: Trial, seed: int) -> str:
+        """The child run of ``trial``'s seed ``seed``: reopened if it exists, else created with
+        its params."""
+        key = f"{trial.trial_id}/{seed}"
+        if key in self.run_ids:
+            return self.run_ids[key]
         found = self.client.search_runs(
             [self.experiment_id],
-            f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' "
+            f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.seed = '{seed}' "
             f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'", max_results=1)
-        overrides = trial.config["overrides"]
+        overrides = {**trial.config["overrides"], "seed": seed}
         if found and found[0].info.status == "FINISHED":
             run_id = found[0].info.run_id
             self.finished_before.add(run_id)
@@ -237,7 +246,8 @@ class SweepTracker(Callback):
                 ARM_TAG: arm_name(overrides),
                 "generator": cfg.generator.name,
                 "generator.alpha": str(cfg.generator.alpha),
-                "seed": str(cfg.seed),
+                "seed": str(seed),
+                "seed_batch": json.dumps(list(trial.config["seeds"])),
                 "preset": cfg.preset,
                 "status": str(Status.RUNNING),
                 "code.version": __version__,
@@ -248,15 +258,19 @@ class SweepTracker(Callback):
                 self.client.log_batch(run_id, params=params[start:start + 100])
             self.logged_step[run_id] = -1
             self.logged_keys[run_id] = set()
-        self.run_ids[trial.trial_id] = run_id
+        self.run_ids[key] = run_id
         return run_id
 
+    def _children(self, trial: Trial) -> list[tuple[int, str]]:
+        """``(seed, run id)`` of every run of ``trial``."""
+        return [(seed, self._child(trial, seed)) for seed in trial.config["seeds"]]
+
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        self._child(trial)
+        self._children(trial)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict, **info) -> None:
-        run_id = self._child(trial)
+        run_id = self._child(trial, int(result["seed"]))
         if run_id in self.finished_before:
             return
         step = int(result.get("step", 0))
@@ -278,20 +292,14 @@ class SweepTracker(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info) -> None:
-        run_id = self._child(trial)
-        if run_id in self.finished_before:
-            return
-        last = trial.last_result or {}
-        if not last.get("final"):
-            # Stopped early by the scheduler or the time budget: a finished trial, not a run
-            # that reached its last step.
-            self.client.set_tag(run_id, "status", str(Status.STOPPED))
-        run_dir = trial_run_dir(self.experiment_path, trial.trial_id)
-        self._backfill(run_id, run_dir / METRICS_FILE)
-        for name in (CONFIG_FILE, PROVENANCE_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
-            if (run_dir / name).exists():
-                self.client.log_artifact(run_id, str(run_dir / name))
-        self.client.set_terminated(run_id, "FINISHED")
+        for seed, run_id in self._children(trial):
+            if run_id in self.finished_before:
+                continue
+            if self.client.get_run(run_id).data.tags.get("status") == str(Status.RUNNING):
+                # Stopped early by the scheduler or the time budget: a finished trial, not a
+                # run that reached its last step.
+                self.client.set_tag(run_id, "status", str(Status.STOPPED))
+            self._close_ended(trial, seed, run_id)
 
     def _backfill(self, run_id: str, metrics_file: Path) -> None:
         """Log records of the run's ``metrics.jsonl`` that never reached the driver.
@@ -314,19 +322,32 @@ class SweepTracker(Callback):
                                                                       now))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        run_id = self._child(trial)
-        if run_id in self.finished_before:
-            return
-        if trial.error_file and Path(trial.error_file).exists():
-            self.client.log_artifact(run_id, trial.error_file)
-        self.client.set_tag(run_id, "status", str(Status.FAILED))
-        self.client.set_terminated(run_id, "FAILED")
+        for seed, run_id in self._children(trial):
+            if run_id in self.finished_before:
+                continue
+            if self.client.get_run(run_id).data.tags.get("status") != str(Status.RUNNING):
+                # This run had ended (finished or diverged) before its batch failed.
+                self._close_ended(trial, seed, run_id)
+                continue
+            if trial.error_file and Path(trial.error_file).exists():
+                self.client.log_artifact(run_id, trial.error_file)
+            self.client.set_tag(run_id, "status", str(Status.FAILED))
+            self.client.set_terminated(run_id, "FAILED")
+
+    def _close_ended(self, trial: Trial, seed: int, run_id: str) -> None:
+        """Attach an ended run's files and close its child run FINISHED."""
+        run_dir = trial_run_dir(self.experiment_path, trial.trial_id, seed)
+        self._backfill(run_id, run_dir / METRICS_FILE)
+        for name in (CONFIG_FILE, PROVENANCE_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
+            if (run_dir / name).exists():
+                self.client.log_artifact(run_id, str(run_dir / name))
+        self.client.set_terminated(run_id, "FINISHED")
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial,
                          **info) -> None:
-        run_id = self._child(trial)
-        retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
-        self.client.set_tag(run_id, "retries", str(retries))
+        for _, run_id in self._children(trial):
+            retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
+            self.client.set_tag(run_id, "retries", str(retries))
 
 
 def child_runs(client: MlflowClient, parent: Any, where: str = "") -> list[Any]:

@@ -232,17 +232,19 @@ def test_alpha_search_spec_end_to_end(tmp_path):
     assert summary.best is not None
 
 
-def test_validity_controls_on_a_tiny_sweep(tmp_path):
-    """A real sweep with both controls, 7 seeds: the A/A arm (alpha α=1) trains exactly as
-    reverse_kl, so its per-seed FDs equal the reference's and it is never flagged; the positive
-    arm (stopped after 1 of 40 student steps) is flagged worse on every seed. 7 seeds is the
-    fewest at which the sign-flip test can pass Holm over these 2 comparisons (p = 2 / 2^7)."""
+def test_validity_controls_on_a_tiny_sweep_of_seed_batches(tmp_path):
+    """A real sweep with both controls, 7 seeds trained as one seed batch per arm: the A/A arm
+    (alpha α=1) trains exactly as reverse_kl, so its per-seed FDs equal the reference's and it
+    is never flagged; the positive arm (stopped after 1 of 40 student steps) is flagged worse on
+    every seed. 7 seeds is the fewest at which the sign-flip test can pass Holm over these 2
+    comparisons (p = 2 / 2^7). Every seed of a batch is its own MLflow child run."""
     from bench.report import build_report
     from bench.report.reading import find_parent, load_sweep
 
     seeds = list(range(7))
     path = write_spec(tmp_path, {
         "name": "controls", "preset": "gmm2d-tiny", "metric": "fd_n256", "seeds": seeds,
+        "seed_batch": 7,
         "set": {"train.generator_steps": 40, "eval.every": 40, "checkpoint_every": 40,
                 "log_every": 20},
         "grid": {"generator": ["reverse_kl"]},
@@ -254,6 +256,12 @@ def test_validity_controls_on_a_tiny_sweep(tmp_path):
     assert summary.counts["finished"] == 21
     out = build_report("controls", uri, tmp_path / "report")
     client = mlflow.MlflowClient(uri)
+    child_runs = children(client, summary.parent_run_id)
+    assert len(child_runs) == 21 and len({r.data.tags["ray.trial_id"] for r in child_runs}) == 3
+    assert sorted(r.info.run_name for r in child_runs if r.data.tags["arm"] == "reverse_kl") == [
+        f"reverse_kl-s{seed}" for seed in seeds]
+    assert all(r.info.status == "FINISHED" and r.data.tags["seed_batch"] == str(seeds)
+               and "fd_n512" in r.data.metrics for r in child_runs)
     runs = load_sweep(client, find_parent(client, "controls"), uri).runs
     fd = {label: runs[runs.label == label].set_index("seed").fd_n512.sort_index()
           for label in ("reverse_kl", "alpha α=1", "reverse_kl train.generator_steps=1")}
