@@ -242,8 +242,9 @@ def sweep(
         err_console.print(f"[yellow]warning: {escape(warning)}[/]", highlight=False, soft_wrap=True)
     if dry_run:
         lines = expanded_trials(spec)
-        console.print(f"sweep {spec.name} (preset {spec.preset}, spec {spec.spec_hash}): "
-                      f"{len(lines) if spec.search is None else spec.search.num_samples} trials")
+        size = (f"{len(spec.trials())} runs in {len(lines)} trials" if spec.search is None
+                else f"{spec.search.num_samples} trials")
+        console.print(f"sweep {spec.name} (preset {spec.preset}, spec {spec.spec_hash}): {size}")
         for line in lines:
             console.print(f"  {line}", highlight=False)
         return

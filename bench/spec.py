@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from dibregman.bregman import generator_names
 from dibregman.config import Config, ConfigError, config_keys, with_overrides
 from dibregman.equivalence import arm_label, normalize_arm, same_method_groups
 from dibregman.evaluate import curve_metrics, declared_metrics
@@ -212,11 +213,20 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        raise SpecError(f"{path}: not valid YAML{_yaml_problem(err)}") from None
     except RecursionError:
         raise SpecError(f"{path}: nested too deeply to be a sweep spec") from None
     _check_plain(data, str(path), "")
     return parse_spec(data, path)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: `` at line L, column C: problem (context)``."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    context = getattr(err, "context", None)
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -260,6 +270,9 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     where = str(path)
 
     def fail(key: str, message: str) -> SpecError:
+        # One line, whatever the spec holds: a key with a line break or a control character
+        # is shown quoted.
+        key = key if key.isprintable() else repr(key)
         return SpecError(f"{where}: {key}: {message}")
 
     if not isinstance(data, dict):
@@ -331,13 +344,13 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
 
     declared = {spec.key: spec for spec in curve_metrics(base)}
     metric = data["metric"]
-    if metric not in declared:
+    if not isinstance(metric, str) or metric not in declared:
         raise fail("metric", f"{metric!r} is not reported during training; valid for preset "
                              f"{preset} (eval.n_curve={base.eval.n_curve}): "
                              f"{', '.join(declared)}")
     direction = declared[metric].direction
     mode = data.get("mode", direction.mode)
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise fail("mode", f"{mode!r}; valid: {', '.join(MODES)}")
     if mode != direction.mode:
         raise fail("mode", f"{mode!r} optimises {metric} the wrong way: {direction} is better "
@@ -345,7 +358,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
 
     finals = [m.key for m in declared_metrics(base) if m.stage is Stage.FINAL]
     top = data.get("headline")
-    if top is not None and top not in finals:
+    if top is not None and (not isinstance(top, str) or top not in finals):
         raise fail("headline", f"{top!r} is not a final metric of preset {preset}; valid: "
                                f"{', '.join(finals)}")
     scheduler = _parse_scheduler(data.get("scheduler"), fail) if "scheduler" in data else None
@@ -383,6 +396,10 @@ def _parse_controls(value: Any, grid: list[dict[str, Any]], fail) -> dict[str, d
     controls = {}
     for role, point in value.items():
         point = _config_mapping(point, f"controls.{role}", fail)
+        name = point.get("generator.name")
+        if name is not None and name not in generator_names():
+            raise fail(f"controls.{role}.generator", f"unknown Bregman generator {name!r}; "
+                                                     f"valid: {', '.join(generator_names())}")
         if not point:
             raise fail(f"controls.{role}", "needs at least one config key, e.g. "
                                            "{generator: alpha, generator.alpha: 1.0}")

@@ -376,6 +376,7 @@ def run_sweep(
         ray.shutdown()
         raise
     total = spec.search.num_samples if spec.search else len(spec.trials())  # runs
+    trials = spec.search.num_samples if spec.search else len(spec.grid) * len(spec.seed_batches())
     view = LiveView(spec, total, console)
 
     base = spec.base_config()
@@ -402,8 +403,8 @@ def run_sweep(
             tuner = tune.Tuner(trainable, param_space=_param_space(spec),
                                tune_config=_tune_config(spec, base, max_concurrent),
                                run_config=run_config)
-        console.print(f"sweep {spec.name}: {total} trials · Ray experiment {experiment_path} · "
-                      f"MLflow {uri}", highlight=False)
+        console.print(f"sweep {spec.name}: {total} runs in {trials} trials · Ray experiment "
+                      f"{experiment_path} · MLflow {uri}", highlight=False)
         tuner.fit()
     except KeyboardInterrupt:
         pass  # a second Ctrl-C: Tune skipped its last snapshot; the sweep is interrupted

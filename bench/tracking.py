@@ -50,6 +50,10 @@ TRIAL_TAG = "ray.trial_id"
 ARM_TAG = "arm"  # a grid trial's arm name (bench.spec.arm_name): the report's label
 HEADLINE_TAG = "sweep.headline"  # the final metric the report ranks and compares arms by
 CONTROLS_TAG = "sweep.controls"  # JSON {role: arm name} of the spec's validity controls
+# A child run's records are written to MLflow in batches of this many (each batch one store
+# transaction), and whenever the run ends: a seed batch reports ten runs' records at once.
+FLUSH_RECORDS = 10
+MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "step", "final", "should_checkpoint", "trial_id",
                "experiment_tag", "seed"}
 
@@ -149,6 +153,7 @@ class SweepTracker(Callback):
         self.tracking_uri = client.tracking_uri
         self.logged_step: dict[str, int] = {}
         self.logged_keys: dict[str, set[str]] = {}
+        self.pending: dict[str, list[list[Metric]]] = {}  # run id -> records not yet written
         # Child runs that had finished before this driver started (a resume): Tune may run or
         # report such a trial again when its last snapshot predates the kill; MLflow keeps the
         # first, finished record untouched (metrics, status, end time).
@@ -164,7 +169,7 @@ class SweepTracker(Callback):
         self.__dict__.update(state)
         self.client = MlflowClient(self.tracking_uri)
         self.run_ids, self.logged_step, self.logged_keys = {}, {}, {}
-        self.finished_before = set()
+        self.pending, self.finished_before = {}, set()
 
     # -- parent ----------------------------------------------------------------------------------
 
@@ -207,6 +212,8 @@ class SweepTracker(Callback):
 
     def close(self, status: str) -> None:
         """End the parent, and mark any child still RUNNING as KILLED (an interrupted sweep)."""
+        for run_id in list(self.pending):
+            self._flush(run_id)
         parent = self.client.get_run(self.parent_run_id)
         for run in child_runs(self.client, parent, "attributes.status = 'RUNNING'"):
             self.client.set_terminated(run.info.run_id, "KILLED")
@@ -281,20 +288,30 @@ class SweepTracker(Callback):
             # logged again: at the same step with a later timestamp, it is the run's final value.
             metrics = [m for m in metrics
                        if m.key not in self.logged_keys[run_id] or m.key == ELAPSED]
-            self.client.log_batch(run_id, metrics=metrics,
-                                  tags=[RunTag("status", str(result["status"]))])
+            self._flush(run_id, final=metrics,
+                        tags=[RunTag("status", str(result["status"]))])
             return
         if step <= self.logged_step[run_id]:
             return  # logged before a restore
-        self.client.log_batch(run_id, metrics=metrics)
+        self.pending.setdefault(run_id, []).append(metrics)
         self.logged_step[run_id] = step
         self.logged_keys[run_id].update(m.key for m in metrics)
+        if len(self.pending[run_id]) >= FLUSH_RECORDS:
+            self._flush(run_id)
+
+    def _flush(self, run_id: str, final: list[Metric] | None = None,
+               tags: list[RunTag] | None = None) -> None:
+        """Write the run's buffered records (and ``final`` metrics, ``tags``) in as few
+        ``log_batch`` calls as MLflow's per-call limit allows."""
+        metrics = [m for record in self.pending.pop(run_id, []) for m in record] + (final or [])
+        _log_in_batches(self.client, run_id, metrics, tags or [])
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info) -> None:
         for seed, run_id in self._children(trial):
             if run_id in self.finished_before:
                 continue
+            self._flush(run_id)
             if self.client.get_run(run_id).data.tags.get("status") == str(Status.RUNNING):
                 # Stopped early by the scheduler or the time budget: a finished trial, not a
                 # run that reached its last step.
@@ -312,19 +329,21 @@ class SweepTracker(Callback):
             return
         logged = {m.step for m in self.client.get_metric_history(run_id, ELAPSED)}
         now = int(time.time() * 1000)
+        missing = []
         for line in metrics_file.read_text().splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:  # the last line of a run killed mid-write
                 continue
             if record["step"] not in logged:
-                self.client.log_batch(run_id, metrics=_finite_metrics(record, record["step"],
-                                                                      now))
+                missing += _finite_metrics(record, record["step"], now)
+        _log_in_batches(self.client, run_id, missing, [])
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         for seed, run_id in self._children(trial):
             if run_id in self.finished_before:
                 continue
+            self._flush(run_id)
             if self.client.get_run(run_id).data.tags.get("status") != str(Status.RUNNING):
                 # This run had ended (finished or diverged) before its batch failed.
                 self._close_ended(trial, seed, run_id)
@@ -348,6 +367,16 @@ class SweepTracker(Callback):
         for _, run_id in self._children(trial):
             retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
             self.client.set_tag(run_id, "retries", str(retries))
+
+
+def _log_in_batches(client: MlflowClient, run_id: str, metrics: list[Metric],
+                    tags: list[RunTag]) -> None:
+    """``log_batch`` of ``metrics`` and ``tags``, cut to MLflow's per-call limit."""
+    if not metrics and not tags:
+        return
+    for start in range(0, max(len(metrics), 1), MAX_BATCH_METRICS):
+        client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH_METRICS],
+                         tags=tags if start == 0 else [])
 
 
 def child_runs(client: MlflowClient, parent: Any, where: str = "") -> list[Any]:

@@ -3,7 +3,7 @@ and the wall time of the `bench report` that follows it.
 
 Runs `bench sweep SPEC` in a fresh working directory (its own MLflow store and Ray storage),
 samples the memory of the whole process tree (the driver, Ray's processes and its trial workers)
-from /proc twice a second, reads the trials' run times back from MLflow, then renders the
+from /proc every 2 s (reading /proc costs CPU the sweep itself needs), reads the trials' run times back from MLflow, then renders the
 sweep's report:
 
     parallel efficiency = sum of trial run times / (CPUs x sweep wall time)
@@ -75,7 +75,7 @@ def main() -> None:
         while process.poll() is None:
             rss, pss = tree_memory_mib(process.pid)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-            time.sleep(0.5)
+            time.sleep(2.0)
         wall = time.perf_counter() - started
         if process.returncode != 0:
             sys.exit(f"bench sweep exited {process.returncode}")

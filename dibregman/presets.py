@@ -64,6 +64,10 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any]]] = {
     # a ring with weights 40 % ... 1 %, where generators differ by more than their seed noise.
     # The student reads random Fourier features of its latent (off-mode mass 14 % -> 5 %); small
     # networks, batch 128 and 2 critic steps per student step keep a run near 10 s on one core.
+    # One critic step per student step was 20 % faster but left modes uncovered (7.7 of 8 over
+    # 10 seeds); 50 warm-up steps instead of 100 and MMD on 1000 samples instead of 2000 cost
+    # nothing measurable (off-mode share 0.069 vs 0.066, precision 0.898 vs 0.896) and 15 % of
+    # the time (reverse KL, seeds 0-9 as one seed batch).
     "gmm2d": (Config(
         preset="gmm2d",
         teacher="mixture",
@@ -71,7 +75,8 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any]]] = {
                               weights=(0.4, 0.2, 0.12, 0.1, 0.08, 0.05, 0.04, 0.01)),
         net=NetConfig(hidden=64, depth=3, fourier_features=64, fourier_scale=2.0),
         train=TrainConfig(generator_steps=400, critic_steps_per_generator_step=2,
-                          fake_warmup_steps=100, batch_size=128),
+                          fake_warmup_steps=50, batch_size=128),
+        eval=EvalConfig(n_mmd=1000),
     ), _TINY_MLP),
     "gmm16d": (Config(
         preset="gmm16d",

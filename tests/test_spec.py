@@ -114,9 +114,24 @@ def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(SpecError, match="no such sweep spec file"):
         load_spec(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: [unclosed")
-    with pytest.raises(SpecError, match="not valid YAML"):
+    bad.write_text("name: x\ngrid:\n  generator: [a\n\tb: 1\n")
+    with pytest.raises(SpecError, match=r"not valid YAML at line 4, column 1: ") as err:
         load_spec(bad)
+    assert "\n" not in str(err.value)  # one line, however PyYAML words it
+
+
+def test_a_control_with_an_unknown_generator_is_a_spec_error(tmp_path):
+    data = {**BASE, "controls": {"aa": {"generator": "alph", "generator.alpha": 1.0}}}
+    with pytest.raises(SpecError, match=r"controls.aa.generator: unknown Bregman generator 'alph'"):
+        load_spec(write(tmp_path, data))
+
+
+def test_the_spec_seed_batch_cuts_the_seeds_into_trials(tmp_path):
+    spec = load_spec(write(tmp_path, {**BASE, "seeds": [0, 1, 2, 3, 4], "seed_batch": 2}))
+    assert spec.seed_batches() == [[0, 1], [2, 3], [4]]
+    for bad in (0, 6, 1.5, True):
+        with pytest.raises(SpecError, match="seed_batch"):
+            load_spec(write(tmp_path, {**BASE, "seeds": [0, 1, 2, 3, 4], "seed_batch": bad}))
 
 
 JS_LOGISTIC = ("grid: jensen_shannon and logistic are the same method under batch-mean weight "

@@ -129,7 +129,7 @@ def test_dry_run_lists_trials_without_starting_anything(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["sweep", str(REPO / "sweeps" / "divergences.yaml"),
                                       "--dry-run"])
     assert result.exit_code == 0
-    assert "130 trials" in result.output and "alpha-a1.5-s9" in result.output
+    assert "130 runs in 13 trials" in result.output and "alpha-a1.5-s0-9" in result.output
     assert list(tmp_path.iterdir()) == []
 
 
