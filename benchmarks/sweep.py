@@ -3,8 +3,8 @@ and the wall time of the `bench report` that follows it.
 
 Runs `bench sweep SPEC` in a fresh working directory (its own MLflow store and Ray storage),
 samples the memory of the whole process tree (the driver, Ray's processes and its trial workers)
-from /proc every 2 s (reading /proc costs CPU the sweep itself needs), reads the trials' run times back from MLflow, then renders the
-sweep's report:
+from /proc every 2 s (reading /proc costs CPU the sweep itself needs), reads the trials' run
+times back from MLflow, then renders the sweep's report:
 
     parallel efficiency = sum of trial run times / (CPUs x sweep wall time)
 
