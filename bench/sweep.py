@@ -93,7 +93,8 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any],
         if checkpoint_dir is not None and record["step"] != checkpointed_step[0]:
             checkpointed_step[0] = record["step"]
             checkpoint = Checkpoint.from_directory(stage_checkpoints(stage, seeds, run_dirs))
-        tune.report({**latest[k], **record, "seed": seeds[k]}, checkpoint=checkpoint)
+        tune.report({**latest[k], **record, "seed": seeds[k],
+                     "checkpointed": checkpoint_dir is not None}, checkpoint=checkpoint)
         reported_final[k] = bool(record.get("final"))
 
     results = run_seed_batch(cfg, seeds, run_dirs, on_report=report)

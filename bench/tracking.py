@@ -51,11 +51,12 @@ ARM_TAG = "arm"  # a grid trial's arm name (bench.spec.arm_name): the report's l
 HEADLINE_TAG = "sweep.headline"  # the final metric the report ranks and compares arms by
 CONTROLS_TAG = "sweep.controls"  # JSON {role: arm name} of the spec's validity controls
 # A child run's records are written to MLflow in batches of this many (each batch one store
-# transaction), and whenever the run ends: a seed batch reports ten runs' records at once.
+# transaction), at every checkpoint (so after a kill MLflow holds what the run resumes from)
+# and when the run ends: a seed batch reports ten runs' records at once.
 FLUSH_RECORDS = 10
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "step", "final", "should_checkpoint", "trial_id",
-               "experiment_tag", "seed"}
+               "experiment_tag", "seed", "checkpointed"}
 
 
 def trial_dir(experiment_path: str | Path, trial_id: str) -> Path:
@@ -296,7 +297,7 @@ class SweepTracker(Callback):
         self.pending.setdefault(run_id, []).append(metrics)
         self.logged_step[run_id] = step
         self.logged_keys[run_id].update(m.key for m in metrics)
-        if len(self.pending[run_id]) >= FLUSH_RECORDS:
+        if len(self.pending[run_id]) >= FLUSH_RECORDS or result.get("checkpointed"):
             self._flush(run_id)
 
     def _flush(self, run_id: str, final: list[Metric] | None = None,

@@ -309,25 +309,39 @@ KILL_SPEC = {
 }
 
 
-def uninterrupted_final(tmp_path: Path, name: str) -> dict:
-    """The final metrics of trial ``name`` (e.g. ``pearson-s1``) run without interruption."""
+def kill_spec(seed_batch: int) -> dict:
+    """KILL_SPEC in seed batches; with batches, twice as many trials as CPUs, so that some end
+    while others run."""
+    seeds = KILL_SPEC["seeds"] if seed_batch == 1 else list(range(4 * seed_batch // 2))
+    return {**KILL_SPEC, "seeds": seeds, "seed_batch": seed_batch}
+
+
+def uninterrupted_final(tmp_path: Path, name: str, seed_batch: int) -> dict:
+    """The final metrics of run ``name`` (e.g. ``pearson-s1``) run without interruption, alone
+    or in its seed batch (members match runs alone only up to float rounding)."""
+    from dibregman.run import run_seed_batch
+
     generator, seed = name.rsplit("-s", 1)
+    seeds = kill_spec(seed_batch)["seeds"]
+    batch = next(b for b in (seeds[i:i + seed_batch] for i in range(0, len(seeds), seed_batch))
+                 if int(seed) in b)
     cfg = with_overrides(get_preset("gmm2d-tiny"), {**KILL_SPEC["set"],
-                                                     "generator.name": generator,
-                                                     "seed": int(seed)})
-    from dibregman.run import run_experiment
+                                                     "generator.name": generator})
+    dirs = [tmp_path / "reference" / f"{generator}-s{s}" for s in batch]
+    results = run_seed_batch(cfg, batch, dirs)  # stored results when already run
+    return results[batch.index(int(seed))].metrics
 
-    return run_experiment(cfg, tmp_path / "reference" / name).metrics
 
-
-def assert_every_trial_finished_once(client, tmp_path, finished_before: dict[str, int]):
-    """One FINISHED child per trial, nothing RUNNING, each record step logged once, finished
-    trials' end times untouched, and final metrics equal to uninterrupted runs'."""
+def assert_every_trial_finished_once(client, tmp_path, finished_before: dict[str, int],
+                                     seed_batch: int):
+    """One FINISHED child per run, nothing RUNNING, each record step logged once, finished
+    runs' end times untouched, and final metrics equal to uninterrupted runs'."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     parents = client.search_runs(experiments, "tags.`sweep.parent` = 'true'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     runs = client.search_runs(experiments, "tags.`mlflow.parentRunId` != ''")
-    expected = sorted(f"{g}-s{s}" for g in ("reverse_kl", "pearson") for s in range(3))
+    expected = sorted(f"{g}-s{s}" for g in ("reverse_kl", "pearson")
+                      for s in kill_spec(seed_batch)["seeds"])
     assert sorted(r.info.run_name for r in runs) == expected
     assert all(r.info.status == "FINISHED" and r.data.tags["status"] == "finished" for r in runs)
     for run in runs:
@@ -336,17 +350,18 @@ def assert_every_trial_finished_once(client, tmp_path, finished_before: dict[str
         assert sorted(steps) == list(range(10, 151, 10)), name
         if name in finished_before:
             assert run.info.end_time == finished_before[name], name
-        reference = uninterrupted_final(tmp_path, name)
+        reference = uninterrupted_final(tmp_path, name, seed_batch)
         assert run.data.metrics["fd_n512"] == reference["fd_n512"], name
 
 
 @pytest.mark.slow
-def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("seed_batch", [1, 3])
+def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path, seed_batch):
     """SIGKILL the driver (then its Ray processes, by process id) once two trials have finished
     and another is past its first checkpoint: MLflow is left with RUNNING runs; ``--resume``
     ends every trial once, with the finished trials untouched and every final metric equal to
     an uninterrupted run's."""
-    spec = write_spec(tmp_path, KILL_SPEC)
+    spec = write_spec(tmp_path, kill_spec(seed_batch))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     command = [sys.executable, "-m", "bench.cli", "sweep", str(spec), "--tracking-uri", uri,
                "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]
@@ -383,15 +398,16 @@ def test_sweep_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path)
     resumed = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert_every_trial_finished_once(client, tmp_path, finished_before)
+    assert_every_trial_finished_once(client, tmp_path, finished_before, seed_batch)
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("seed_batch", [1, 3])
+def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path, seed_batch):
     """SIGKILL the Ray worker running a trial past its first checkpoint: Tune retries the trial
     from that checkpoint; the sweep exits 0 and every trial ends once with the uninterrupted
     result, the retried one tagged ``retries``."""
-    spec = write_spec(tmp_path, KILL_SPEC)
+    spec = write_spec(tmp_path, kill_spec(seed_batch))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     command = [sys.executable, "-m", "bench.cli", "sweep", str(spec), "--tracking-uri", uri,
                "--storage", str(tmp_path / "ray"), "--num-cpus", "2"]
@@ -419,7 +435,7 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint(tmp_path):
             os.killpg(sweep.pid, signal.SIGKILL)
     assert killed is not None, "no trial worker was found in time"
     assert sweep.returncode == 0, output
-    assert_every_trial_finished_once(client, tmp_path, {})
+    assert_every_trial_finished_once(client, tmp_path, {}, seed_batch)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               "tags.`mlflow.parentRunId` != ''")
     assert sum(int(r.data.tags.get("retries", "0")) for r in runs) >= 1
