@@ -8,9 +8,9 @@ times back from MLflow, then renders the sweep's report:
 
     parallel efficiency = sum of trial run times / (CPUs x sweep wall time)
 
-A trial's run time is `wall_time_s` as `run_seed_batch` measured it (training and evaluation;
-not the worker's start-up); the runs of one seed batch share their trial's time, so each trial
-counts once. Memory is reported as the peak of the summed RSS (counts shared library pages once
+A run's time is `wall_time_s` as `run_seed_batch` measured it (training and evaluation; not
+the worker's start-up); a member of a seed batch records its share of the batch's time, so the
+runs of a trial sum to the trial's time. Memory is reported as the peak of the summed RSS (counts shared library pages once
 per process, so it overstates) and of the summed PSS (shares them out).
 
     python benchmarks/sweep.py sweeps/divergences.yaml --cpus 2
@@ -87,22 +87,19 @@ def main() -> None:
         client = mlflow.MlflowClient(uri)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   "tags.`mlflow.parentRunId` != ''", max_results=10_000)
-        trial_times: dict[str, float] = {}
-        for r in runs:
-            trial = r.data.tags.get("ray.trial_id", r.info.run_id)
-            trial_times[trial] = max(trial_times.get(trial, 0.0), r.data.metrics.get(ELAPSED, 0.0))
+        run_time = sum(r.data.metrics.get(ELAPSED, 0.0) for r in runs)
+        trials = {r.data.tags.get("ray.trial_id", r.info.run_id) for r in runs}
         statuses = [r.data.tags.get("status") for r in runs]
         started_report = time.perf_counter()
         subprocess.run([sys.executable, "-m", "bench.cli", "report", "--tracking-uri", uri,
                         "--out", f"{workdir}/report"], cwd=workdir, check=True)
         report_wall = time.perf_counter() - started_report
-    run_time = sum(trial_times.values())
     print("\n| spec | runs | trials | statuses | sweep wall s | report wall s | sweep + report s "
-          "| sum of trial run times s | CPUs | parallel efficiency | peak tree RSS MiB "
+          "| sum of run times s | CPUs | parallel efficiency | peak tree RSS MiB "
           "| peak tree PSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses), key=str))
-    print(f"| {args.spec} | {len(runs)} | {len(trial_times)} | {counts} | {wall:.0f} "
+    print(f"| {args.spec} | {len(runs)} | {len(trials)} | {counts} | {wall:.0f} "
           f"| {report_wall:.0f} | {wall + report_wall:.0f} | {run_time:.0f} | {args.cpus} "
           f"| {run_time / (args.cpus * wall):.1%} | {peak_rss:.0f} | {peak_pss:.0f} |")
 

@@ -36,10 +36,7 @@ import pandas as pd
 TASKS: dict[str, tuple[str, dict[str, Any]]] = {
     "ring": ("gmm2d", {}),
     "ring-3%": ("gmm2d", {"mixture.weights": (0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.07, 0.03)}),
-    "grid5x5": ("gmm2d", {"mixture.layout": "grid", "mixture.modes": 25, "mixture.std": 0.05,
-                          "mixture.scale": 1.0, "mixture.weights": (), "net.hidden": 128,
-                          "net.fourier_scale": 6.0, "train.regression_weight": 1.0,
-                          "train.regression_pairs": 8192}),
+    "grid5x5": ("gmm2d-grid", {}),
     "gmm16d-close": ("gmm16d", {"mixture.scale": 1.0}),
 }
 GENERATORS = ("reverse_kl", "forward_kl", "pearson")

@@ -66,7 +66,8 @@ class RunResult:
         status: ``finished`` or ``diverged``.
         metrics: final quality metrics (names carry sample counts).
         generator_steps: student updates done.
-        wall_time_s: training and evaluation time, summed over resumptions.
+        wall_time_s: training and evaluation time, summed over resumptions (a member of a
+            seed batch of ``K``: its share, the batch's time / ``K``).
         run_dir: where the files are.
     """
 
@@ -321,7 +322,9 @@ class _SeedBatch:
         results: dict[int, RunResult] = {}
 
         def wall_time(k: int) -> float:
-            return self.elapsed_before[k] + time.perf_counter() - started
+            """Member ``k``'s time: its share of the batch's (``1 / K``), so that a run's cost
+            means the same alone and in a batch, and the shares of a batch sum to its time."""
+            return self.elapsed_before[k] + (time.perf_counter() - started) / len(self.seeds)
 
         def log(entries: dict[int, dict[str, Any]], checkpoint: bool) -> None:
             """Write each member's record; with ``checkpoint`` every member's state first goes

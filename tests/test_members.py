@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -127,7 +128,12 @@ def test_a_member_checkpoint_resumes_alone_as_in_the_batch():
 
 def test_seed_batch_writes_each_run_as_run_experiment_does(tmp_path):
     cfg = tiny()
+    started = time.perf_counter()
     results = run_seed_batch(cfg, [0, 1], [tmp_path / "b0", tmp_path / "b1"])
+    elapsed = time.perf_counter() - started
+    # Each member records its share of the batch's time: the shares sum to at most the call's.
+    assert all(r.wall_time_s > 0 for r in results)
+    assert sum(r.wall_time_s for r in results) <= elapsed
     for seed, result in zip([0, 1], results, strict=True):
         alone = run_experiment(with_overrides(cfg, {"seed": seed}), tmp_path / f"a{seed}")
         assert result.status is Status.FINISHED
