@@ -10,8 +10,9 @@ times back from MLflow, then renders the sweep's report:
 
 A run's time is `wall_time_s` as `run_seed_batch` measured it (training and evaluation; not
 the worker's start-up); a member of a seed batch records its share of the batch's time, so the
-runs of a trial sum to the trial's time. Memory is reported as the peak of the summed RSS (counts shared library pages once
-per process, so it overstates) and of the summed PSS (shares them out).
+runs of a trial sum to the trial's time. Memory is reported as the peak of the summed RSS
+(counts shared library pages once per process, so it overstates) and of the summed PSS (shares
+them out).
 
     python benchmarks/sweep.py sweeps/divergences.yaml --cpus 2
 """
