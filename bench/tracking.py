@@ -33,7 +33,7 @@ from bench.spec import SweepSpec, arm_name, trial_name
 from dibregman import __version__
 from dibregman.config import flatten, with_overrides
 from dibregman.evaluate import declared_metrics
-from dibregman.results import ELAPSED, Status, headline
+from dibregman.results import ELAPSED, STEP_RECORD_KEY, Status, headline
 from dibregman.run import (
     CONFIG_FILE,
     FINAL_FILE,
@@ -328,7 +328,12 @@ class SweepTracker(Callback):
         """
         if not metrics_file.exists():
             return
-        logged = {m.step for m in self.client.get_metric_history(run_id, ELAPSED)}
+        # Steps whose record reached MLflow: the final record also logs ELAPSED, at the last
+        # step, so past step 0 a step counts as logged only by a key of step records alone;
+        # a record filled in at that step leaves the final's ELAPSED the latest value.
+        elapsed_steps = {m.step for m in self.client.get_metric_history(run_id, ELAPSED)}
+        logged = {m.step for m in self.client.get_metric_history(run_id, STEP_RECORD_KEY)}
+        logged |= {0} & elapsed_steps
         now = int(time.time() * 1000)
         missing = []
         for line in metrics_file.read_text().splitlines():
@@ -337,7 +342,8 @@ class SweepTracker(Callback):
             except json.JSONDecodeError:  # the last line of a run killed mid-write
                 continue
             if record["step"] not in logged:
-                missing += _finite_metrics(record, record["step"], now)
+                missing += [m for m in _finite_metrics(record, record["step"], now)
+                            if m.key != ELAPSED or record["step"] not in elapsed_steps]
         _log_in_batches(self.client, run_id, missing, [])
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:

@@ -53,7 +53,7 @@ from dibregman.members import (
 from dibregman.networks import ema_update
 from dibregman.noise import expand_sigma, karras_sigmas, sample_sigmas
 from dibregman.ratio import RatioEstimator
-from dibregman.results import Status
+from dibregman.results import STEP_RECORD_KEY, Status
 from dibregman.students import build_networks, regression_pairs
 from dibregman.teachers import Teacher
 
@@ -306,7 +306,7 @@ class Distiller:
         self.generator_step += 1
         for k in running:  # a member that diverged in this step counts it, as a run alone does
             self.member_steps[k] = self.generator_step
-        return [{**c, **s, "nonfinite_steps": float(total)}
+        return [{**c, **s, STEP_RECORD_KEY: float(total)}
                 for c, s, total in zip(critic, student, self.nonfinite_total, strict=True)]
 
     def warmup(self) -> list[dict[str, float]]:

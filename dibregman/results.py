@@ -20,6 +20,9 @@ from enum import Enum
 from typing import Any
 
 ELAPSED = "wall_time_s"  # seconds of training and evaluation, summed over resumptions
+# Carried by every record of a training step (step >= 1), never by a final record: what tells
+# the two apart at the last step, where both are logged.
+STEP_RECORD_KEY = "nonfinite_steps"
 
 
 class NamedEnum(str, Enum):
