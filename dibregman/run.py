@@ -327,9 +327,16 @@ class _SeedBatch:
             return self.elapsed_before[k] + (time.perf_counter() - started) / len(self.seeds)
 
         def log(entries: dict[int, dict[str, Any]], checkpoint: bool) -> None:
-            """Write each member's record; with ``checkpoint`` every member's state first goes
-            to a temporary file, then all are moved into place, so a kill leaves the members'
-            checkpoints at one step (or at worst two: they then resume as two batches)."""
+            """Write each member's record, then, with ``checkpoint``, every member's state:
+            first all to temporary files, then all moved into place. A kill thus never leaves a
+            checkpoint ahead of its run's records (the resumed run would skip the record), and
+            leaves the members' checkpoints at one step (at worst two: they resume as two
+            batches)."""
+            records = {k: {"step": distiller.member_steps[k], ELAPSED: wall_time(k), **record}
+                       for k, record in entries.items()}
+            for k, record in records.items():
+                files[k].write(json.dumps(record) + "\n")
+                files[k].flush()
             saved: dict[int, Path] = {}
             if checkpoint:
                 tmps = {}
@@ -342,11 +349,8 @@ class _SeedBatch:
                 for k, (tmp, path) in tmps.items():
                     os.replace(tmp, path)
                     saved[k] = path.parent
-            for k, record in entries.items():
-                record = {"step": distiller.member_steps[k], ELAPSED: wall_time(k), **record}
-                files[k].write(json.dumps(record) + "\n")
-                files[k].flush()
-                if on_report is not None:
+            if on_report is not None:
+                for k, record in records.items():
                     on_report(k, record, saved.get(k))
 
         def evaluate(k: int) -> dict[str, float]:
