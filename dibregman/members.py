@@ -104,11 +104,6 @@ def stack_members(modules: list[nn.Module]) -> nn.Module:
     return modules[0] if len(modules) == 1 else Members(modules)
 
 
-def member_count(module: nn.Module) -> int:
-    """``K`` of a :class:`Members`, 1 for a plain module."""
-    return module.count if isinstance(module, Members) else 1
-
-
 def member_state_dict(module: nn.Module, k: int) -> dict[str, Tensor]:
     """Member ``k``'s state of ``module`` as one plain module holds it."""
     return module.member_state_dict(k) if isinstance(module, Members) else module.state_dict()

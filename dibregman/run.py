@@ -248,7 +248,7 @@ def run_seed_batch(
             step = None if states[k] is None else states[k][0]["generator_step"]
             by_step.setdefault(step, []).append(k)
         for group in by_step.values():
-            batch = _SeedBatch(cfg, [seeds[k] for k in group], [run_dirs[k] for k in group],
+            batch = _SeedBatch([cfgs[k] for k in group], [run_dirs[k] for k in group],
                                teacher, evaluator)
             if states[group[0]] is not None:
                 batch.resume([states[k] for k in group])
@@ -294,16 +294,16 @@ class _SeedBatch:
     """The body of :func:`run_seed_batch` for runs that start (or resume) at one step: one
     :class:`Distiller` over their seeds, each member logging into its own directory."""
 
-    def __init__(self, cfg: Config, seeds: list[int], run_dirs: list[Path], teacher: Teacher,
+    def __init__(self, cfgs: list[Config], run_dirs: list[Path], teacher: Teacher,
                  evaluator: Evaluator) -> None:
-        self.cfg, self.seeds, self.run_dirs, self.evaluator = cfg, seeds, run_dirs, evaluator
-        self.cfgs = [with_overrides(cfg, {"seed": seed}) for seed in seeds]
-        for member_cfg, run_dir in zip(self.cfgs, run_dirs, strict=True):
+        """``cfgs``: the members' configs, equal but for their seeds."""
+        self.cfg, self.run_dirs, self.evaluator = cfgs[0], run_dirs, evaluator
+        self.seeds = [member_cfg.seed for member_cfg in cfgs]
+        for member_cfg, run_dir in zip(cfgs, run_dirs, strict=True):
             _write_json(run_dir / PROVENANCE_FILE,
-                        provenance(member_cfg, evaluator.protocol, seeds))
-        self.distiller = Distiller(cfg, teacher, seeds)
-        self.elapsed_before = [0.0] * len(seeds)
-        self.records: list[list[dict[str, Any]]] = [[] for _ in seeds]
+                        provenance(member_cfg, evaluator.protocol, self.seeds))
+        self.distiller = Distiller(self.cfg, teacher, self.seeds)
+        self.elapsed_before = [0.0] * len(self.seeds)
 
     def resume(self, states: list[tuple[dict[str, Any], float]]) -> None:
         self.distiller.load_state_dicts([state for state, _ in states])
@@ -357,8 +357,7 @@ class _SeedBatch:
             return self.evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed, k))
 
         def finish(k: int) -> None:
-            status = distiller.status[k]
-            status = Status.DIVERGED if status is Status.DIVERGED else Status.FINISHED
+            status = Status.DIVERGED if distiller.status[k] is Status.DIVERGED else Status.FINISHED
             samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed, k)
             metrics = self.evaluator.final(samples) if status is Status.FINISHED else {}
             steps = distiller.member_steps[k]
