@@ -44,7 +44,7 @@ from dibregman.config import from_dict, to_dict, with_overrides
 from dibregman.evaluate import curve_metrics
 from dibregman.results import Status
 from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_seed_batch
-from dibregman.teachers import TeacherKind, teacher_entry
+from dibregman.teachers import ImageTeacher, teacher_entry
 
 MAX_FAILURES = 2
 
@@ -270,13 +270,14 @@ def expanded_trials(spec: SweepSpec) -> list[str]:
 
 def prepare_teachers(spec: SweepSpec, console: Console) -> None:
     """Train every image teacher the sweep's trials need, once, before any trial starts (so
-    parallel trials load one cached teacher instead of each training it)."""
+    parallel trials load one cached teacher instead of each training it); imported
+    (``pretrained``) teachers need no training."""
     from dibregman.device import resolve_device
     from dibregman.teachers.image import TEACHER_FILE, teacher_dir, train_teacher
 
     configs = [with_overrides(spec.base_config(), t) for t in spec.trials()]
     needed = {c.image_teacher: c.device for c in configs
-              if teacher_entry(c.teacher).kind is TeacherKind.IMAGE}
+              if teacher_entry(c.teacher).teacher_class is ImageTeacher}  # not imported ones
     for teacher_cfg, device in needed.items():
         if not (teacher_dir(teacher_cfg) / TEACHER_FILE).exists():
             console.print(f"training the {teacher_cfg.dataset} teacher "

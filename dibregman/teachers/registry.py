@@ -1,10 +1,11 @@
 """The teacher registry: names -> teacher classes and factories, open to plugins.
 
 Built-in: ``mixture`` (the analytic Gaussian mixture of ``cfg.mixture``; the ``gmm2d`` and
-``gmm16d`` presets are two of them) and ``image`` (the EDM image teacher of
-``cfg.image_teacher``). Add a teacher with :func:`register_teacher`, or ship it in your own
-package under the ``dibregman.teachers`` entry-point group, which every process (``bench run``,
-``bench sweep`` and its Ray workers, a resumed run) reads on its first lookup::
+``gmm16d`` presets are two of them), ``image`` (the EDM image teacher of
+``cfg.image_teacher``) and ``pretrained`` (a network imported by ``bench teacher import``).
+Add a teacher with :func:`register_teacher`, or ship it in your own package under the
+``dibregman.teachers`` entry-point group, which every process (``bench run``, ``bench sweep``
+and its Ray workers, a resumed run) reads on its first lookup::
 
     # pyproject.toml of your package
     [project.entry-points."dibregman.teachers"]
@@ -27,6 +28,7 @@ from dibregman.config import Config
 from dibregman.teachers.base import Teacher, TeacherKind
 from dibregman.teachers.image import ImageTeacher
 from dibregman.teachers.mixture import GaussianMixtureTeacher
+from dibregman.teachers.pretrained import PretrainedTeacher
 
 ENTRY_POINT_GROUP = "dibregman.teachers"
 
@@ -132,3 +134,4 @@ def teacher_for(cfg: Config, device: str | torch.device = "cpu") -> Teacher:
 
 register_teacher("mixture", GaussianMixtureTeacher, source="built-in")
 register_teacher("image", ImageTeacher, source="built-in")
+register_teacher("pretrained", PretrainedTeacher, source="built-in")

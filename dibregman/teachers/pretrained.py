@@ -1,0 +1,57 @@
+"""Pretrained image teachers: a network imported from EDM or diffusers (``bench teacher
+import``; :mod:`dibregman.pretrained`), distilled like the project's own image teachers.
+
+Config: ``teacher = "pretrained"``, ``image_teacher.path`` the imported directory
+(``model.safetensors`` + ``architecture.json``), ``image_teacher.dataset`` / ``data_dir`` the
+images it was trained on (the ratio estimator's teacher side, the metrics' reference). The
+teacher's noise range is the config's ``[sigma_min, sigma_max]`` clipped to the network's own
+range where its record states one (as EDM's sampler clips its 0.002 ... 80 to a VP network's
+range); ``sigma_data`` is the record's where it states one, else the config's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from dibregman.config import Config
+from dibregman.data import load_dataset
+from dibregman.pretrained import load_imported, read_record
+from dibregman.teachers.image import ImageTeacher
+
+
+class PretrainedTeacher(ImageTeacher):
+    """An imported denoiser ``D(x, sigma)`` over the images of ``cfg.image_teacher.dataset``.
+
+    Class-conditional networks (``label_dim > 0``) are refused: labels do not yet flow through
+    distillation, and an EDM network called without labels sees the all-zero label.
+    """
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> PretrainedTeacher:
+        image = cfg.image_teacher
+        if not image.path:
+            raise ValueError("teacher 'pretrained' needs image_teacher.path: the directory "
+                             "`bench teacher import edm|diffusers ... --out DIR` wrote")
+        record = read_record(image.path)
+        if record.get("label_dim", 0):
+            raise ValueError(f"{image.path} is a class-conditional network (label_dim "
+                             f"{record['label_dim']}); only unconditional pretrained teachers "
+                             f"can be distilled so far")
+        data = load_dataset(image.dataset, image.data_dir or None)
+        shape = tuple(data.images.shape[1:])
+        expected = (record.get("img_channels"), record.get("img_resolution"),
+                    record.get("img_resolution"))
+        if None not in expected and shape != expected:
+            raise ValueError(f"{image.path} models {'x'.join(map(str, expected))} images, but "
+                             f"dataset {image.dataset!r} has {'x'.join(map(str, shape))}")
+        sigma_min = max(image.sigma_min, record.get("sigma_min") or 0.0)
+        sigma_max = min(image.sigma_max, record.get("sigma_max") or float("inf"))
+        if not sigma_min < sigma_max:
+            raise ValueError(f"the noise range [{image.sigma_min}, {image.sigma_max}] does not "
+                             f"overlap the network's [{record.get('sigma_min')}, "
+                             f"{record.get('sigma_max')}]")
+        resolved = dataclasses.replace(image, sigma_min=sigma_min, sigma_max=sigma_max,
+                                       sigma_data=record.get("sigma_data") or image.sigma_data)
+        return cls(load_imported(image.path), data, resolved).to(device)
