@@ -23,6 +23,13 @@ A *seed batch* trains ``K`` runs that differ only in their seed in one process
 ``K * B`` rows, and one generator pair per member drawing exactly what that run draws alone.
 Member ``k`` of a batch therefore follows run ``k`` alone up to floating-point rounding (a
 batched matrix product sums in another order); ``tests/test_members.py`` checks it.
+
+A run may also be split over ``W`` processes (data parallelism, :mod:`dibregman.distributed`):
+``train.batch_size`` stays the global batch, every rank draws the global batch's random numbers
+from the run's own generators and keeps its shard of ``B / W`` rows, gradients are averaged over
+ranks before the non-finite guard and clipping, and the weight pipeline's statistics are the
+global batch's. The state is a single process's at every step, so ``W`` processes follow one
+up to float rounding (``tests/test_distributed.py``) and a checkpoint resumes at any ``W``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dibregman import distributed
 from dibregman.bregman import get_generator
 from dibregman.config import Config
 from dibregman.device import adamw, autocast, prepare_modules, resolve_device
@@ -78,11 +86,16 @@ def apply_update(losses: Tensor, optimizer: torch.optim.Optimizer, module: torch
     Returns:
         ``(K,)`` bool: which members stepped. A skipped member's parameters and optimiser
         moments are left as they were (Adam's shared step count still advances).
+
+    Data-parallel, ``losses`` are this rank's shard means and the gradients are averaged over
+    ranks right after the backward pass, so the guard and the clipping see the global batch's
+    gradient and every rank takes the same step.
     """
     members = losses.numel()
     optimizer.zero_grad(set_to_none=True)
     losses.sum().backward()
     params = [p for p in module.parameters() if p.grad is not None]
+    distributed.average_gradients(params)
     norms = member_grad_norms(params, members)
     stepped = torch.isfinite(norms)
     if frozen is not None:
@@ -122,14 +135,19 @@ class Distiller:
         cfg: the run's config (its ``seed`` is ignored when ``seeds`` is given).
         teacher: a frozen teacher (vector or image), already on ``cfg.device``.
         seeds: the batch's seeds, one member each (None: ``[cfg.seed]``, a plain run).
+
+    Raises:
+        DataParallelError: in a process group of ``W > 1`` ranks, a seed batch or a
+            ``train.batch_size`` that ``W`` does not divide.
     """
 
     def __init__(self, cfg: Config, teacher: Teacher, seeds: Sequence[int] | None = None) -> None:
         self.cfg, self.teacher, train = cfg, teacher, cfg.train
         self.seeds = list(seeds) if seeds is not None else [cfg.seed]
         self.members = len(self.seeds)
+        distributed.check_shardable(train.batch_size, self.members)
         self.h = get_generator(cfg.generator.name, cfg.generator.alpha)
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.local_device(resolve_device(cfg.device))
         init_rngs = [torch.Generator().manual_seed(2 * seed) for seed in self.seeds]
         self.rngs = [torch.Generator(device=self.device).manual_seed(2 * seed + 1)
                      for seed in self.seeds]
@@ -164,27 +182,32 @@ class Distiller:
         self.status = [Status.RUNNING] * self.members
 
     # -- per-member random draws, concatenated member-major -------------------------------------
+    # Data-parallel (one member): ``n`` is the global batch; every rank draws all of it, so the
+    # generators advance as in one process, and keeps its shard (distributed.shard).
 
     def _latents(self, n: int) -> Tensor:
-        return torch.cat([torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
-                          for rng in self.rngs])
+        return distributed.shard(torch.cat([
+            torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
+            for rng in self.rngs]))
 
     def _noised(self, x: Tensor, sigma: Tensor) -> Tensor:
         """``x + sigma n`` with each member's ``n`` from its own generator."""
-        shape = (x.shape[0] // self.members, *x.shape[1:])
-        noise = torch.cat([torch.randn(shape, generator=rng, device=self.device)
-                           for rng in self.rngs])
+        shape = (x.shape[0] // self.members * distributed.world_size(), *x.shape[1:])
+        noise = distributed.shard(torch.cat([torch.randn(shape, generator=rng, device=self.device)
+                                             for rng in self.rngs]))
         return x + expand_sigma(sigma, x) * noise
 
     def _sigmas(self, n: int) -> Tensor:
         t = self.cfg.train
-        return torch.cat([sample_sigmas(n, self.sigma_grid, t.sigma_quantile_low,
-                                        t.sigma_quantile_high, rng) for rng in self.rngs])
+        return distributed.shard(torch.cat([sample_sigmas(n, self.sigma_grid,
+                                                          t.sigma_quantile_low,
+                                                          t.sigma_quantile_high, rng)
+                                            for rng in self.rngs]))
 
     def _teacher_side(self, n: int) -> Tensor:
         draw = (self.teacher.sample if self.cfg.ratio.teacher_side == "teacher"
                 else self.teacher.sample_data)
-        return torch.cat([draw(n, rng) for rng in self.rngs])
+        return distributed.shard(torch.cat([draw(n, rng) for rng in self.rngs]))
 
     def _frozen(self) -> Tensor:
         return torch.tensor([s is Status.DIVERGED for s in self.status])
@@ -222,7 +245,8 @@ class Distiller:
         stepped = apply_update(fake_loss, self.opt_fake, self.fake, math.inf, frozen)
         stepped &= apply_update(ratio_loss, self.opt_ratio, self.ratio, math.inf, frozen)
         self._count_nonfinite(stepped)
-        columns = torch.stack([fake_loss.detach(), ratio_loss.detach(), accuracy]).T.tolist()
+        columns = distributed.all_reduce_mean(
+            torch.stack([fake_loss.detach(), ratio_loss.detach(), accuracy])).T.tolist()
         return [{"loss_fake_dsm": a, "loss_ratio": b, "ratio_accuracy": c} for a, b, c in columns]
 
     def student_step(self) -> list[dict[str, float]]:
@@ -253,9 +277,10 @@ class Distiller:
         if self.pairs is not None:
             latents, targets = self.pairs
             n_pairs = len(latents) // k
-            index = torch.cat([torch.randint(n_pairs, (train.batch_size,), generator=rng,
-                                             device=self.device) + m * n_pairs
-                               for m, rng in enumerate(self.rngs)])
+            index = distributed.shard(torch.cat([
+                torch.randint(n_pairs, (train.batch_size,), generator=rng,
+                              device=self.device) + m * n_pairs
+                for m, rng in enumerate(self.rngs)]))
             with self.autocast:
                 fitted = self.student(latents[index]).float()
             loss_regression = member_means(regression_loss(fitted, targets[index]), k)
@@ -267,8 +292,8 @@ class Distiller:
         self._update_ema(stepped)
         grad_norm = member_means(step.flatten(1).norm(dim=1), k)
         names = [*extra, "loss_dm", "grad_norm"]
-        columns = torch.stack([*(v.detach() for v in extra.values()), loss_dm.detach(),
-                               grad_norm]).T.tolist()
+        columns = distributed.all_reduce_mean(torch.stack([
+            *(v.detach() for v in extra.values()), loss_dm.detach(), grad_norm])).T.tolist()
         return [{**diag, **dict(zip(names, row, strict=True))}
                 for diag, row in zip(diagnostics, columns, strict=True)]
 

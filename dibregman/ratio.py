@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dibregman import distributed
 from dibregman.bregman import BregmanGenerator
 from dibregman.config import RatioConfig
 from dibregman.members import member_means
@@ -149,6 +150,11 @@ class RatioEstimator(nn.Module):
         ``+ WEIGHT_EPS``. A batch whose weights are all zero (``log_squared`` with every
         ``r >= e``) thus gives ``w = 0``: no distribution-matching step, rather than ``0 / 0``.
 
+        Data-parallel (:mod:`dibregman.distributed`, one member): ``x`` is this rank's shard,
+        and the bin statistics, the batch mean and the diagnostics are those of the global
+        batch (bin counts and sums all-reduced; weights and ratios gathered), so every rank
+        gets its rows of the weights one process would compute on the whole batch.
+
         Args:
             h: the Bregman generator.
             x: ``(K B, d)`` noised student samples, the same ``x_s`` as the score difference.
@@ -172,25 +178,31 @@ class RatioEstimator(nn.Module):
         clipped |= ratio > h.ratio_max
         ratio = ratio.clamp(max=h.ratio_max)
         weight = h.weight(ratio)
-        quantiles = torch.quantile(ratio, torch.tensor([0.05, 0.5, 0.95], device=ratio.device),
-                                   dim=1)
-        table = torch.stack([weight.amin(1), weight.mean(1), weight.amax(1), *quantiles,
-                             clipped.float().mean(1)]).T.tolist()
+        # The global batch's rows of every rank (this batch itself in one process).
+        every = distributed.all_gather(torch.stack([weight, ratio, clipped.float()]), dim=2)
+        weight_all, ratio_all, clipped_all = every[0], every[1], every[2]
+        quantiles = torch.quantile(ratio_all,
+                                   torch.tensor([0.05, 0.5, 0.95], device=ratio.device), dim=1)
+        table = torch.stack([weight_all.amin(1), weight_all.mean(1), weight_all.amax(1),
+                             *quantiles, clipped_all.mean(1)]).T.tolist()
         names = ("weight_min", "weight_mean", "weight_max", "ratio_q05", "ratio_q50",
                  "ratio_q95", "ratio_clipped_fraction")
         diagnostics = [dict(zip(names, row, strict=True)) for row in table]
         if cfg.weight_normalize:
-            weight = weight / (weight.mean(dim=1, keepdim=True) + WEIGHT_EPS)
+            weight = weight / (weight_all.mean(dim=1, keepdim=True) + WEIGHT_EPS)
         return weight.reshape(-1), diagnostics
 
     def _update_bins(self, bins: Tensor, inv_ratio: Tensor) -> None:
         """Fold each member's per-bin batch means of ``1/r`` (``bins``, ``inv_ratio``:
-        ``(K, B)``) into ``bin_mean_inv_ratio`` (EMA ``bin_ema``)."""
+        ``(K, B)``) into ``bin_mean_inv_ratio`` (EMA ``bin_ema``). Data-parallel, the counts
+        and sums are summed over ranks first: the means are the global batch's, and every
+        rank's bins stay equal."""
         k, n_bins = self.members, self.cfg.noise_bins
         flat = (bins + n_bins * torch.arange(k, device=bins.device)[:, None]).reshape(-1)
         counts = torch.bincount(flat, minlength=k * n_bins).reshape(k, n_bins)
         sums = torch.bincount(flat, weights=inv_ratio.reshape(-1),
                               minlength=k * n_bins).reshape(k, n_bins)
+        counts, sums = distributed.all_reduce_sum(counts), distributed.all_reduce_sum(sums)
         present = counts > 0
         batch_mean = sums[present] / counts[present]
         decay = torch.where(self.bin_seen[present], self.cfg.bin_ema, 0.0)
