@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from bench.spec import SpecError, load_spec
+from bench.spec import SpecError, SweepSpec, load_spec
 from dibregman.bregman import generator_names, get_generator, is_parametric
 from dibregman.config import Config, ConfigError, EvalConfig, config_keys, with_overrides
 from dibregman.data import dataset_names
@@ -24,7 +24,7 @@ from dibregman.evaluate import curve_metrics
 from dibregman.presets import get_preset, preset_names
 from dibregman.ratio import estimator_names
 from dibregman.results import MetricSpec, Status
-from dibregman.run import run_experiment
+from dibregman.run import check_run_dir, run_experiment
 from dibregman.teachers import TeacherKind, teacher_entry, teacher_names
 from dibregman.validation import validate
 
@@ -105,6 +105,22 @@ class LiveProgress:
         self.progress.update(self.task, completed=record["step"], status="  ".join(parts))
 
 
+def torchrun(nproc_per_node: int, args: list[str]) -> int:
+    """Run ``python -m bench.cli ARGS`` as ``nproc_per_node`` workers under torchrun
+    (``--standalone``: one machine, a free local rendezvous) and return its exit status."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc_per_node}", "-m", "bench.cli", *args]
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached torchrun and its workers too
+        process.wait()
+        return 130
+
+
 @app.command()
 def run(
     preset: Annotated[str, typer.Option(help="Preset name; see `bench list`.")] = "gmm2d",
@@ -122,21 +138,69 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/PRESET-GENERATOR-sSEED).")
     ] = None,
+    nproc_per_node: Annotated[
+        int, typer.Option(min=1, help="Processes that train this one run together, the batch "
+                                      "split over them (one GPU each on CUDA): relaunches the "
+                                      "command under torchrun. Several machines: call torchrun "
+                                      "yourself on `python -m bench.cli run`.")
+    ] = 1,
 ) -> None:
     """Distil one teacher into a one-step student; rerun on the same --out to resume."""
+    import os
+    from contextlib import nullcontext
+
+    import torch
+
+    from dibregman import distributed
+    from dibregman.device import resolve_device
+
+    worker = distributed.launched()  # started by torchrun: one rank of a process group
+    loud = not worker or os.environ.get("RANK") == "0"  # only rank 0 prints
+
+    def error(message: str) -> typer.Exit:
+        return fail(message) if loud else typer.Exit(code=2)
+
     try:
         cfg = build_config(preset, generator, alpha, seed, set_ or [])
-    except ConfigError as err:
-        raise fail(str(err)) from None
+        world = int(os.environ["WORLD_SIZE"]) if worker else nproc_per_node
+        distributed.check_shardable(cfg.train.batch_size, 1, world)
+        device = resolve_device(cfg.device)
+        if not worker and device.type == "cuda" and world > torch.cuda.device_count():
+            raise distributed.DataParallelError(
+                f"--nproc-per-node {world} on device {cfg.device}: this machine has "
+                f"{torch.cuda.device_count()} GPUs, one per process")
+    except (ConfigError, distributed.DataParallelError) as err:
+        raise error(str(err)) from None
     run_dir = out or Path("runs") / f"{cfg.preset}-{cfg.generator.name}-s{cfg.seed}"
-    pairs = cfg.train.regression_pairs if cfg.train.regression_weight > 0 else 0
-    status = f"drawing {pairs} teacher ODE pairs (regression term)" if pairs else ""
-    live = LiveProgress(cfg.train.generator_steps, curve_metrics(cfg), status)
+    if not worker and nproc_per_node > 1:
+        try:  # what rank 0 would refuse, refused here with exit 2 (torchrun's failure is 1)
+            check_run_dir(cfg, run_dir)
+        except ValueError as err:
+            raise error(str(err)) from None
+        args = ["run", "--preset", preset, "--out", str(run_dir)]
+        for flag, value in (("--generator", generator), ("--alpha", alpha), ("--seed", seed)):
+            if value is not None:
+                args += [flag, str(value)]
+        for pair in set_ or []:
+            args += ["--set", pair]
+        raise typer.Exit(code=torchrun(nproc_per_node, args))
+    if worker:
+        distributed.setup(device)
     try:
-        with live.progress:
-            result = run_experiment(cfg, run_dir, on_report=live)
-    except ValueError as err:
-        raise fail(str(err)) from None
+        main = distributed.is_main()
+        pairs = cfg.train.regression_pairs if cfg.train.regression_weight > 0 else 0
+        status = f"drawing {pairs} teacher ODE pairs (regression term)" if pairs else ""
+        live = LiveProgress(cfg.train.generator_steps, curve_metrics(cfg), status)
+        try:
+            with live.progress if main else nullcontext():
+                result = run_experiment(cfg, run_dir, on_report=live if main else None)
+        except ValueError as err:
+            raise error(str(err)) from None
+    finally:
+        if worker:
+            distributed.teardown()
+    if not main:
+        return
     table = Table(title=f"{cfg.generator.name} on {cfg.teacher}: {result.status}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -147,8 +211,19 @@ def run(
     console.print(f"run directory: {run_dir}")
 
 
-@app.command()
+teacher_app = typer.Typer(
+    help="Train an EDM image teacher (no subcommand), or import a pretrained one.",
+    no_args_is_help=False,
+)
+import_app = typer.Typer(help="Import a pretrained teacher into this project's own format "
+                              "(model.safetensors + architecture.json).", no_args_is_help=True)
+teacher_app.add_typer(import_app, name="import")
+app.add_typer(teacher_app, name="teacher")
+
+
+@teacher_app.callback(invoke_without_command=True)
 def teacher(
+    ctx: typer.Context,
     preset: Annotated[str, typer.Option(help="An image preset; see `bench list`.")] = "digits",
     dataset: Annotated[
         str | None, typer.Option(help="Dataset (image_teacher.dataset): digits, mnist, cifar10 "
@@ -165,7 +240,10 @@ def teacher(
                                        "config's hash, that runs and sweeps load from).")
     ] = None,
 ) -> None:
-    """Train (or resume training) an EDM image teacher by denoising score matching."""
+    """Train (or resume training) an EDM image teacher by denoising score matching;
+    `bench teacher import edm|diffusers ...` imports a pretrained one instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     from dibregman.data import DataError
     from dibregman.device import resolve_device
     from dibregman.teachers.image import train_teacher
@@ -203,6 +281,98 @@ def teacher(
     console.print(f"teacher ({cfg.image_teacher.dataset}): {directory}")
 
 
+@import_app.command("edm")
+def import_edm_(
+    pickle_path: Annotated[Path, typer.Argument(help="An EDM network pickle, e.g. "
+                                                     "edm-cifar10-32x32-cond-vp.pkl.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the imported teacher into.")],
+    key: Annotated[str, typer.Option(help="The pickle's entry holding the network.")] = "ema",
+) -> None:
+    """Import an NVlabs EDM checkpoint without executing the code it embeds."""
+    from dibregman.pretrained.edm import import_edm
+    from dibregman.pretrained.store import CheckpointError
+
+    try:
+        directory = import_edm(pickle_path, out, key=key)
+    except (CheckpointError, OSError) as err:
+        raise fail(str(err)) from None
+    console.print(f"imported {pickle_path} -> {directory}")
+
+
+@import_app.command("diffusers")
+def import_diffusers_(
+    folder: Annotated[Path, typer.Argument(help="A local diffusers save_pretrained folder "
+                                                "(unet/ and scheduler/).")],
+    out: Annotated[Path, typer.Option(help="Directory to write the imported teacher into.")],
+) -> None:
+    """Import a diffusers UNet2DModel with its scheduler as an EDM-convention denoiser."""
+    from dibregman.pretrained.diffusers_unet import import_diffusers
+    from dibregman.pretrained.store import CheckpointError
+
+    try:
+        directory = import_diffusers(folder, out)
+    except (CheckpointError, OSError) as err:
+        raise fail(str(err)) from None
+    console.print(f"imported {folder} -> {directory}")
+
+
+@app.command()
+def fid(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory of an image teacher's run.")],
+    n: Annotated[int, typer.Option(help="Samples per seed (the papers: 50,000).")] = 50_000,
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seed", help="Sample seed (repeatable; default 0 1 2).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per chunk (one save each).")] = 500,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """FID by the papers' protocol (clean-fid Inception, n samples x 3 seeds, min and mean) of
+    a run's EMA student; rerun to resume an interrupted evaluation."""
+    from dibregman.device import resolve_device
+    from dibregman.fid import PAPER_SEEDS, paper_fid
+    from dibregman.metrics import InceptionUnavailable
+
+    seeds = seeds or list(PAPER_SEEDS)
+    progress = Progress(TextColumn("[bold]FID seed {task.fields[seed]}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console)
+    task = progress.add_task("fid", total=n * len(seeds), seed=seeds[0])
+
+    def on_chunk(seed: int, done: int, total: int) -> None:
+        progress.update(task, completed=seeds.index(seed) * total + done, seed=seed)
+
+    try:
+        with progress:
+            result = paper_fid(run_dir, n=n, seeds=seeds, batch_size=batch_size,
+                               device=str(resolve_device(device)), on_chunk=on_chunk)
+    except (ValueError, ConfigError, InceptionUnavailable, OSError) as err:
+        raise fail(str(err)) from None
+    table = Table(title=f"FID of {run_dir} ({n} samples per seed)")
+    table.add_column("")
+    table.add_column("FID", justify="right")
+    for key in [f"fid_seed{s}" for s in seeds] + ["fid_min", "fid_mean"]:
+        table.add_row(key, f"{result[key]:.3f}")
+    console.print(table)
+
+
+def print_probe(spec: SweepSpec, steps: int) -> None:
+    """Time ``steps`` generator steps of the spec's first trial; print the estimated cost."""
+    from dibregman.probe import probe
+
+    cfg = with_overrides(spec.base_config(), spec.trials()[0])
+    with console.status(f"probing {steps} generator steps of the first trial"):
+        try:
+            measured = probe(cfg, steps)
+        except (ValueError, ConfigError, OSError) as err:
+            raise fail(f"probe: {err}") from None
+    runs = len(spec.trials()) if spec.search is None else spec.search.num_samples
+    hours = measured.run_hours(cfg) * runs
+    console.print(f"probe on {measured.device}: {measured.seconds_per_step:.3g} s per generator "
+                  f"step ({measured.steps} timed); {cfg.train.generator_steps} steps per run x "
+                  f"{runs} runs = about {hours:.3g} device-hours of training (evaluations, "
+                  f"fake-score warm-up and regression pairs not included)", highlight=False)
+
+
 @app.command()
 def sweep(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Sweep YAML, e.g. "
@@ -230,6 +400,11 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the expanded trials and exit.")
     ] = False,
+    probe_steps: Annotated[
+        int, typer.Option(min=0, help="With --dry-run: time this many generator steps of the "
+                                      "first trial on the local device and estimate the "
+                                      "sweep's device-hours (0: no probe).")
+    ] = 0,
 ) -> None:
     """Run a sweep over Bregman generators on Ray Tune, every trial tracked in MLflow."""
     from bench.sweep import expanded_trials, run_sweep  # ray and mlflow load only for sweeps
@@ -247,6 +422,8 @@ def sweep(
         console.print(f"sweep {spec.name} (preset {spec.preset}, spec {spec.spec_hash}): {size}")
         for line in lines:
             console.print(f"  {line}", highlight=False)
+        if probe_steps:
+            print_probe(spec, probe_steps)
         return
     try:
         summary = run_sweep(spec, address=address, resume=resume, max_concurrent=max_concurrent,

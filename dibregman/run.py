@@ -7,7 +7,8 @@ A run directory holds:
 * ``metrics.jsonl``: one JSON record every ``log_every`` generator steps (diagnostics, plus
   curve metrics every ``eval.every`` steps, step 0 included);
 * ``checkpoint/state.pt``: the latest resumable state (state_dicts only, loaded with
-  ``weights_only=True``), written atomically every ``checkpoint_every`` steps;
+  ``weights_only=True``), written atomically every ``checkpoint_every`` steps and at the last
+  step (so an ended run keeps its final networks, e.g. for ``bench fid``);
 * ``final_metrics.json`` (:func:`dibregman.results.final_record`) and ``samples.png`` once the
   run has ended (``finished`` or ``diverged``).
 
@@ -18,6 +19,11 @@ the stored result of a run that has ended.
 networks of every seed stacked; :mod:`dibregman.members`): each seed still gets its own run
 directory with exactly these files, so a batch member is read, resumed and tracked like any
 run (its checkpoint resumes alone or in another batch).
+
+In a process group of several ranks (:mod:`dibregman.distributed`, one seed) every rank trains
+its shard of the batch, and rank 0 alone reads and writes the run directory, evaluates and calls
+``on_report``; what it finds there (a stored result, the checkpoint) is sent to the others, so
+the directory need not be shared between nodes. Every rank returns the same result.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 
 import torch
 
+from dibregman import distributed
 from dibregman.config import Config, to_dict, with_overrides
 from dibregman.device import resolve_device
 from dibregman.distill import Distiller
@@ -114,6 +121,7 @@ def provenance(cfg: Config, protocol: dict[str, Any], seed_batch: list[int]) -> 
         "git_revision": git_revision(),
         "seed": cfg.seed,
         "seed_batch": seed_batch,
+        "world_size": distributed.world_size(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "metric_protocol": {**protocol, "n_curve": cfg.eval.n_curve,
                             "n_final": cfg.eval.n_final,
@@ -207,7 +215,9 @@ def run_seed_batch(
 
     Raises:
         ConfigError, ValueError: as :func:`run_experiment`; also for repeated seeds or
-        directories, or lists of different lengths.
+        directories, or lists of different lengths; in a process group of several ranks, for
+        more than one seed or a batch size the ranks do not divide
+        (:class:`dibregman.distributed.DataParallelError`).
     """
     run_dirs = [Path(d) for d in run_dirs]
     if len(seeds) != len(run_dirs) or not seeds:
@@ -216,12 +226,19 @@ def run_seed_batch(
     if len(set(seeds)) != len(seeds) or len(set(run_dirs)) != len(run_dirs):
         raise ValueError(f"a seed batch repeats a seed or a run directory: {seeds}, "
                          f"{[str(d) for d in run_dirs]}")
+    distributed.check_shardable(cfg.train.batch_size, len(seeds))
     cfgs = [with_overrides(cfg, {"seed": seed}) for seed in seeds]
     results: dict[int, RunResult] = {}
     pending = []
-    for k, (member_cfg, run_dir) in enumerate(zip(cfgs, run_dirs, strict=True)):
-        validate(member_cfg)
-        stored = _check_run_dir(member_cfg, run_dir)
+
+    def inspect() -> list[RunResult | None]:
+        stored = []
+        for member_cfg, run_dir in zip(cfgs, run_dirs, strict=True):
+            validate(member_cfg)
+            stored.append(check_run_dir(member_cfg, run_dir))
+        return stored
+
+    for k, stored in enumerate(distributed.from_main(inspect)):
         if stored is not None:
             results[k] = stored
         else:
@@ -233,16 +250,22 @@ def run_seed_batch(
         torch.set_num_threads(cfg.num_threads)
     try:
         # The teacher first: a dataset that cannot be loaded fails before anything is written.
-        teacher = teacher_for(cfg, resolve_device(cfg.device))
+        # (Rank 0 first: it trains a missing image teacher into the cache the others load.)
+        device = distributed.local_device(resolve_device(cfg.device))
+        teacher = distributed.main_first(lambda: teacher_for(cfg, device))
         evaluator = teacher.build_evaluator(cfg)
-        for k in pending:
-            try:
-                run_dirs[k].mkdir(parents=True, exist_ok=True)
-                _write_json(run_dirs[k] / CONFIG_FILE, to_dict(cfgs[k]))
-            except OSError as err:
-                raise ValueError(f"cannot write the run directory {run_dirs[k]}: "
-                                 f"{err.strerror}") from None
-        states = {k: _read_checkpoint(run_dirs[k]) for k in pending}
+
+        def prepare() -> dict[int, tuple[dict[str, Any], float] | None]:
+            for k in pending:
+                try:
+                    run_dirs[k].mkdir(parents=True, exist_ok=True)
+                    _write_json(run_dirs[k] / CONFIG_FILE, to_dict(cfgs[k]))
+                except OSError as err:
+                    raise ValueError(f"cannot write the run directory {run_dirs[k]}: "
+                                     f"{err.strerror}") from None
+            return {k: read_checkpoint(run_dirs[k]) for k in pending}
+
+        states = distributed.from_main(prepare)
         by_step: dict[int | None, list[int]] = {}
         for k in pending:
             step = None if states[k] is None else states[k][0]["generator_step"]
@@ -261,9 +284,10 @@ def run_seed_batch(
     return [results[k] for k in range(len(seeds))]
 
 
-def _check_run_dir(cfg: Config, run_dir: Path) -> RunResult | None:
-    """Refuse a directory that is a file, lies under one, or holds another config's run;
-    return the stored result of a run that has ended there."""
+def check_run_dir(cfg: Config, run_dir: Path) -> RunResult | None:
+    """Refuse a directory that is a file, lies under one, or holds another config's run
+    (``ValueError`` naming it); return the stored result of a run that has ended there. Read
+    only: ``bench run --nproc-per-node`` checks with it before it starts the processes."""
     blocking = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ValueError(f"run directory {run_dir}: {blocking} is a file, not a directory")
@@ -277,7 +301,7 @@ def _check_run_dir(cfg: Config, run_dir: Path) -> RunResult | None:
     return None
 
 
-def _read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], float] | None:
+def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], float] | None:
     """A run's checkpoint (its distiller state, its elapsed time), or None if it has none."""
     path = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
     if not path.exists():
@@ -300,8 +324,9 @@ class _SeedBatch:
         self.cfg, self.run_dirs, self.evaluator = cfgs[0], run_dirs, evaluator
         self.seeds = [member_cfg.seed for member_cfg in cfgs]
         for member_cfg, run_dir in zip(cfgs, run_dirs, strict=True):
-            _write_json(run_dir / PROVENANCE_FILE,
-                        provenance(member_cfg, evaluator.protocol, self.seeds))
+            if distributed.is_main():
+                _write_json(run_dir / PROVENANCE_FILE,
+                            provenance(member_cfg, evaluator.protocol, self.seeds))
         self.distiller = Distiller(self.cfg, teacher, self.seeds)
         self.elapsed_before = [0.0] * len(self.seeds)
 
@@ -312,12 +337,14 @@ class _SeedBatch:
     def run(self, on_report: BatchReportCallback | None) -> list[RunResult]:
         cfg, distiller = self.cfg, self.distiller
         members = range(len(self.seeds))
+        main = distributed.is_main()  # the one rank that writes, evaluates and reports
         records = [_read_records(d / METRICS_FILE, distiller.generator_step)
-                   for d in self.run_dirs]
-        files = [(d / METRICS_FILE).open("w") for d in self.run_dirs]
+                   for d in self.run_dirs] if main else []
+        files = [(d / METRICS_FILE).open("w") for d in self.run_dirs] if main else []
         for file, kept in zip(files, records, strict=True):
             file.writelines(json.dumps(record) + "\n" for record in kept)
             file.flush()
+        fresh = distributed.from_main(lambda: distiller.generator_step == 0 and not any(records))
         started = time.perf_counter()
         results: dict[int, RunResult] = {}
 
@@ -331,7 +358,9 @@ class _SeedBatch:
             first all to temporary files, then all moved into place. A kill thus never leaves a
             checkpoint ahead of its run's records (the resumed run would skip the record), and
             leaves the members' checkpoints at one step (at worst two: they resume as two
-            batches)."""
+            batches). Rank 0 only."""
+            if not main:
+                return
             records = {k: {"step": distiller.member_steps[k], ELAPSED: wall_time(k), **record}
                        for k, record in entries.items()}
             for k, record in records.items():
@@ -354,24 +383,31 @@ class _SeedBatch:
                     on_report(k, record, saved.get(k))
 
         def evaluate(k: int) -> dict[str, float]:
+            """Member ``k``'s curve metrics (rank 0; nothing on the others)."""
+            if not main:
+                return {}
             return self.evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed, k))
 
         def finish(k: int) -> None:
-            status = Status.DIVERGED if distiller.status[k] is Status.DIVERGED else Status.FINISHED
-            samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed, k)
-            metrics = self.evaluator.final(samples) if status is Status.FINISHED else {}
-            steps = distiller.member_steps[k]
-            title = f"{cfg.generator.name} seed {self.seeds[k]} · step {steps}"
-            self.evaluator.plot(samples, self.run_dirs[k] / SAMPLES_FILE, title)
-            result = RunResult(status, metrics, steps, wall_time(k), self.run_dirs[k])
-            _write_json(self.run_dirs[k] / FINAL_FILE, result.record())
-            files[k].close()
-            if on_report is not None:
-                on_report(k, result.final_report(), None)
-            results[k] = result
+            def conclude() -> RunResult:
+                status = (Status.DIVERGED if distiller.status[k] is Status.DIVERGED
+                          else Status.FINISHED)
+                samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed, k)
+                metrics = self.evaluator.final(samples) if status is Status.FINISHED else {}
+                steps = distiller.member_steps[k]
+                title = f"{cfg.generator.name} seed {self.seeds[k]} · step {steps}"
+                self.evaluator.plot(samples, self.run_dirs[k] / SAMPLES_FILE, title)
+                result = RunResult(status, metrics, steps, wall_time(k), self.run_dirs[k])
+                _write_json(self.run_dirs[k] / FINAL_FILE, result.record())
+                files[k].close()
+                if on_report is not None:
+                    on_report(k, result.final_report(), None)
+                return result
+
+            results[k] = distributed.from_main(conclude)  # rank 0 evaluates and writes
 
         try:
-            if distiller.generator_step == 0 and not any(records):
+            if fresh:
                 warm = distiller.warmup()
                 log({k: {**warm[k], **evaluate(k)} for k in members}, checkpoint=False)
             for k in members:
@@ -391,7 +427,7 @@ class _SeedBatch:
                             or distiller.status[k] is Status.DIVERGED):
                         entries[k] = record
                 if entries:
-                    log(entries, checkpoint=step % cfg.checkpoint_every == 0)
+                    log(entries, checkpoint=step % cfg.checkpoint_every == 0 or step == total)
                 for k in running:
                     if distiller.status[k] is Status.DIVERGED:
                         finish(k)
