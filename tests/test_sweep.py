@@ -133,6 +133,7 @@ def test_dry_run_lists_trials_without_starting_anything(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # 85 s: the fast suite's longest test; `nox -s slow` runs it
 def test_interrupted_sweep_resumes_and_runs_every_trial_once(tmp_path):
     """Ctrl-C once two trials have finished and another is early in its run: the sweep exits
     130 with one child run per started trial, the ended ones FINISHED and the others KILLED

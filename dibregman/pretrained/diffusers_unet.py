@@ -63,7 +63,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dibregman.pretrained.store import CheckpointError, file_sha256, save_imported
+from dibregman.pretrained.store import (
+    CheckpointError,
+    file_sha256,
+    read_json_object,
+    save_imported,
+)
 
 INSTALL_HINT = "pip install 'dibregman[diffusers]'"
 
@@ -339,13 +344,7 @@ def _layout(folder: Path) -> tuple[Path, Path]:
 
 
 def _class_name(path: Path) -> str:
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return str(config.get("_class_name"))
+    return str(read_json_object(path).get("_class_name"))
 
 
 def _load_unet(unet_dir: Path) -> tuple[nn.Module, Path]:

@@ -62,15 +62,20 @@ def read_record(directory: str | Path) -> dict[str, Any]:
     """The architecture record of an imported teacher directory."""
     path = Path(directory) / RECORD_FILE
     if not path.is_file() or not (Path(directory) / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{directory} holds no imported teacher (expected {RECORD_FILE} and "
-                           f"{WEIGHTS_FILE}; write them with `bench teacher import`)")
+        raise CheckpointError(f"{directory} holds no imported teacher (expected {RECORD_FILE} "
+                              f"and {WEIGHTS_FILE}; write them with `bench teacher import`)")
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in the file ``path``; CheckpointError if it is not one."""
     try:
-        record = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(record, dict):
+    if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
-    return record
+    return data
 
 
 def load_weights(directory: str | Path) -> dict[str, Tensor]:
