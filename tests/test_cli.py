@@ -81,3 +81,13 @@ def test_existing_run_with_other_config_exits_2(tmp_path):
     result = runner.invoke(app, ["run", "--preset", "gmm2d-tiny", "--seed", "9", "--out",
                                  str(out)])
     assert result.exit_code == 2 and "different config" in result.output
+
+
+def test_bench_teacher_without_a_subcommand_still_trains_and_checks_its_preset(tmp_path):
+    """`bench teacher` is a group (`import edm|diffusers`); called alone it is the trainer."""
+    refused = runner.invoke(app, ["teacher", "--preset", "gmm2d", "--out", str(tmp_path / "t")])
+    assert refused.exit_code == 2 and "preset 'gmm2d' has a vector teacher" in refused.output
+    trained = runner.invoke(app, ["teacher", "--preset", "digits-tiny", "--out",
+                                  str(tmp_path / "t")])
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "t" / "teacher.pt").exists()

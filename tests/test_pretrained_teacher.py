@@ -78,3 +78,20 @@ def test_bench_run_without_an_import_is_a_clear_exit_2(tmp_path):
                                       str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "holds no imported teacher" in result.output
+
+
+def test_the_paper_recipe_preset_and_sweep():
+    """`cifar10-edm` is f-distill's schedule on an imported teacher; its sweep holds 4 arms x 3
+    seeds and ranks by the 50k-sample FID."""
+    from dibregman.validation import validate
+
+    cfg = get_preset("cifar10-edm")
+    validate(cfg)
+    assert cfg.teacher == "pretrained" and cfg.image_teacher.dataset == "cifar10"
+    assert (cfg.train.batch_size, cfg.train.generator_steps, cfg.train.lr,
+            cfg.train.critic_steps_per_generator_step, cfg.train.gan_weight,
+            cfg.ratio.noise_bins) == (2048, 100_000, 1e-4, 5, 1e-3, 10)
+    assert (cfg.ratio.clip_min, cfg.ratio.clip_max) == (0.05, 10.0)
+    result = CliRunner().invoke(app, ["sweep", "sweeps/cifar10-edm.yaml", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "12 runs in 12 trials" in result.output
