@@ -18,6 +18,7 @@ A spec::
       positive: {generator: reverse_kl, train.generator_steps: 100}   # known to be worse
     seeds: [0, 1, 2]               # repetitions, not hyper-parameters
     seed_batch: 3                  # optional: seeds trained together in one trial (default 1)
+    workers_per_trial: 1           # optional: processes one trial's run trains on (default 1)
     search:                        # instead of grid: Optuna over a space (one seed)
       num_samples: 12
       sampler_seed: 0
@@ -32,6 +33,12 @@ A spec::
 
 ``seed_batch: K`` makes each trial train ``K`` seeds of its arm in one process, their networks
 stacked (:mod:`dibregman.members`); every seed is still its own run and MLflow child run.
+``workers_per_trial: N`` (N > 1) trains each trial's run data-parallel on N worker processes
+(Ray Train's ``TorchTrainer``, :mod:`dibregman.distributed`; gloo on CPU, NCCL on GPU), each
+worker holding ``resources`` (so one trial takes N times them, e.g. N GPUs); the global
+``train.batch_size`` must be a multiple of N. A run on several processes trains one seed, so it
+excludes ``seed_batch > 1``, and it excludes a ``scheduler``; with N > 1 ``resources.gpu`` is 0
+or a whole number (two ranks must not share a GPU).
 ``generator`` is shorthand for ``generator.name`` wherever a config key is expected.
 Grid arms that train identically (weights equal up to a constant under batch-mean weight
 normalisation, :mod:`dibregman.equivalence`) are kept but recorded in ``SweepSpec.warnings``.
@@ -59,9 +66,9 @@ from dibregman.results import Stage
 from dibregman.validation import validate
 
 KEY_ALIASES = {"generator": "generator.name"}
-TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "seeds", "seed_batch", "search",
-                  "scheduler", "metric", "headline", "mode", "resources", "max_concurrent",
-                  "time_budget_s")
+TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "seeds", "seed_batch",
+                  "workers_per_trial", "search", "scheduler", "metric", "headline", "mode",
+                  "resources", "max_concurrent", "time_budget_s")
 # Validity controls of a grid sweep: an A/A arm (the reference's method under another name: the
 # report must never flag it) and a positive arm (known to differ: the report must flag it).
 CONTROL_ROLES = {"aa": "A/A control", "positive": "positive control"}
@@ -114,7 +121,9 @@ class SweepSpec:
         search: Optuna search, if any (then ``grid`` is ``[{}]``).
         scheduler: ASHA settings, if any.
         metric, mode: what the search and scheduler optimise.
-        resources: per-trial ``{"cpu": ..., "gpu": ...}``.
+        resources: per-trial ``{"cpu": ..., "gpu": ...}`` (per worker with
+            ``workers_per_trial > 1``).
+        workers_per_trial: processes one trial's run trains on, data-parallel (Ray Train).
         max_concurrent: concurrent trials (None: as many as resources allow).
         time_budget_s: stop the sweep after this many seconds (None: no limit).
         spec_hash: hash of the canonical spec content (provenance).
@@ -144,6 +153,7 @@ class SweepSpec:
     controls: dict[str, str] = field(default_factory=dict)
     headline: str | None = None
     seed_batch: int = 1
+    workers_per_trial: int = 1
 
     def base_config(self) -> Config:
         """The preset with the spec's base overrides applied."""
@@ -366,6 +376,8 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         raise fail("seed_batch", "a scheduler stops trials by their reports; with seed_batch > 1 "
                                  "a trial reports for several seeds: use one or the other")
     resources = _parse_resources(data.get("resources", {}), fail)
+    workers = _parse_workers(data.get("workers_per_trial", 1), seed_batch, scheduler, resources,
+                             [with_overrides(base, point) for point in grid], search, fail)
     max_concurrent = data.get("max_concurrent")
     if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1
                                        or isinstance(max_concurrent, bool)):
@@ -383,7 +395,7 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:12],
         warnings=(_duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
                   if search is None else []),
-        controls=controls, headline=top, seed_batch=seed_batch,
+        controls=controls, headline=top, seed_batch=seed_batch, workers_per_trial=workers,
     )
 
 
@@ -537,6 +549,38 @@ def _parse_scheduler(value: Any, fail) -> SchedulerSpec:
     if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 1:
         raise fail("scheduler.reduction_factor", f"{factor!r} must be a number > 1")
     return SchedulerSpec(type=kind, grace_period=grace, reduction_factor=float(factor))
+
+
+def _parse_workers(value: Any, seed_batch: int, scheduler: SchedulerSpec | None,
+                   resources: dict[str, float], configs: list[Config],
+                   search: SearchSpec | None, fail) -> int:
+    """``workers_per_trial``: an integer >= 1; above 1, a run split over that many processes
+    (one seed per trial, no scheduler, whole GPUs, a global batch the workers divide)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise fail("workers_per_trial", f"{value!r} must be an integer >= 1")
+    if value == 1:
+        return value
+    if seed_batch > 1:
+        raise fail("workers_per_trial", f"{value} workers split one run; with seed_batch > 1 a "
+                                        f"trial trains several seeds in one process: use one "
+                                        f"or the other")
+    if scheduler is not None:
+        raise fail("workers_per_trial", f"{value} workers train one run data-parallel; a "
+                                        f"scheduler is not supported with it: drop scheduler "
+                                        f"or set workers_per_trial: 1")
+    if resources["gpu"] != int(resources["gpu"]):
+        raise fail("resources.gpu", f"{resources['gpu']:g}: with workers_per_trial: {value} each "
+                                    f"worker needs whole GPUs (ranks must not share one)")
+    if search is not None and "train.batch_size" in search.space:
+        raise fail("search.space.train.batch_size", f"cannot be searched with "
+                                                    f"workers_per_trial: {value} (the global "
+                                                    f"batch must stay a multiple of it)")
+    for cfg in configs:
+        if cfg.train.batch_size % value:
+            raise fail("workers_per_trial", f"train.batch_size={cfg.train.batch_size} is not "
+                                            f"divisible by the {value} workers (use a multiple "
+                                            f"of {value})")
+    return value
 
 
 def _parse_resources(value: Any, fail) -> dict[str, float]:

@@ -6,6 +6,17 @@ directory per seed and forwards every record to ``tune.report`` (with the checkp
 were written), so a retried or restored trial resumes from its checkpoints. A run that ends
 ``diverged`` is a finished run with that status.
 
+With ``workers_per_trial: N > 1`` a trial's run trains data-parallel on N worker processes:
+the trainable starts a Ray Train V2 ``TorchTrainer`` (this Ray's Train API: a trainer is launched
+from inside a Tune function trainable, not handed to Tune) whose workers join one process group
+(gloo on CPU, NCCL on GPU; :mod:`dibregman.distributed`) and call ``run_seed_batch`` with the
+trial's one seed and run directory. Rank 0 alone writes the run directory and sends its records
+through a Ray queue to the trainable, which reports them (and stages the checkpoints) exactly as
+for a one-process trial, so tracking, retries and ``--resume`` are unchanged. Each worker holds
+the spec's ``resources``; the trial's own actor holds :data:`TRIAL_DRIVER_CPU` CPU. Ray Train
+schedules the workers outside Tune's accounting, so such trials run at most as many at once as
+the runtime's CPUs and GPUs fit (:func:`trial_capacity`).
+
 By default the sweep starts a private local Ray runtime on loopback and shuts it down at the
 end; ``--address`` / ``RAY_ADDRESS`` joins an existing cluster instead (then ``--storage`` must
 be shared by every node).
@@ -40,17 +51,21 @@ from bench.tracking import (
     trial_dir,
     trial_run_dir,
 )
-from dibregman.config import from_dict, to_dict, with_overrides
+from dibregman.config import Config, from_dict, to_dict, with_overrides
+from dibregman.distributed import DEFAULT_TIMEOUT
 from dibregman.evaluate import curve_metrics
 from dibregman.results import Status
 from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_seed_batch
 from dibregman.teachers import ImageTeacher, teacher_entry
 
 MAX_FAILURES = 2
+# The CPU a trial's own actor holds when its run trains on Ray Train workers (which hold the
+# spec's resources each): it only relays their reports.
+TRIAL_DRIVER_CPU = 0.1
 
 
-def distill_trainable(config: dict[str, Any], base: dict[str, Any],
-                      experiment_path: str) -> None:
+def distill_trainable(config: dict[str, Any], base: dict[str, Any], experiment_path: str,
+                      workers: int = 1, worker_resources: dict[str, float] | None = None) -> None:
     """Ray Tune function trainable: the Di-Bregman runs of one arm at a batch of seeds.
 
     Args:
@@ -58,6 +73,9 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any],
             space; the seeds train as one seed batch (:func:`dibregman.run.run_seed_batch`).
         base: the sweep's base config (``to_dict`` form).
         experiment_path: the sweep's directory in storage (see :func:`trial_run_dir`).
+        workers: processes the run trains on; above 1, Ray Train workers
+            (:func:`train_on_workers`; one seed).
+        worker_resources: each worker's ``{"cpu": ..., "gpu": ...}`` (``workers > 1``).
 
     Every record goes to ``tune.report`` with its run's ``seed``; a checkpoint step reports, once,
     a checkpoint holding every member's state (``s<seed>/state.pt``), so a retried or restored
@@ -97,10 +115,97 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any],
                      "checkpointed": checkpoint_dir is not None}, checkpoint=checkpoint)
         reported_final[k] = bool(record.get("final"))
 
-    results = run_seed_batch(cfg, seeds, run_dirs, on_report=report)
-    for k, result in enumerate(results):
+    if workers > 1:
+        finals = train_on_workers(cfg, seeds, run_dirs, report, workers,
+                                  worker_resources or {"cpu": 1.0, "gpu": 0.0},
+                                  trial_dir(experiment_path, trial_id))
+    else:
+        finals = [result.final_report()
+                  for result in run_seed_batch(cfg, seeds, run_dirs, on_report=report)]
+    for k, final in enumerate(finals):
         if not reported_final[k]:  # the run had ended before this attempt: its stored result
-            report(k, result.final_report(), None)  # ``latest`` holds its curve values
+            report(k, final, None)  # ``latest`` holds its curve values
+
+
+def train_on_workers(cfg: Config, seeds: list[int], run_dirs: list[Path], report: Any,
+                     workers: int, resources: dict[str, float], trial_path: Path,
+                     ) -> list[dict[str, Any]]:
+    """Train a trial's run on ``workers`` Ray Train workers; returns its final reports.
+
+    Rank 0's records come back through a Ray queue and go to ``report(k, record,
+    checkpoint_dir)`` here, in the trial's thread, in order. Ray Train's own storage (no
+    checkpoints are reported to it) is ``trial_path/ray_train``, beside the run directories. A
+    worker's failure raises here (Ray Train's ``TrainingFailedError``), so Tune retries the
+    trial, which resumes from the run's checkpoint.
+    """
+    import threading
+
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
+
+    use_gpu = resources["gpu"] > 0
+    queue: Queue = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": to_dict(cfg), "seeds": seeds,
+                           "run_dirs": [str(d) for d in run_dirs], "queue": queue},
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": resources["cpu"], "GPU": resources["gpu"]}
+            if use_gpu else {"CPU": resources["cpu"]}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo",
+                                 timeout_s=int(DEFAULT_TIMEOUT.total_seconds())),
+        run_config=RunConfig(name="ray_train", storage_path=str(trial_path),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as err:  # raised in the trial's thread below
+            failure.append(err)
+        finally:
+            queue.put(None)  # after every item rank 0 put: its puts returned before fit did
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    finals: list[dict[str, Any]] | None = None
+    while (item := queue.get()) is not None:  # an error here (Tune stopping the trial) ends
+        if item[0] == "final":                # the trial's actor, and with it the workers
+            finals = item[1]
+        else:
+            k, record, saved = item
+            report(k, record, run_dirs[k] / CHECKPOINT_DIR if saved else None)
+    thread.join()
+    queue.shutdown(force=True)
+    if failure:
+        raise failure[0]
+    if finals is None:
+        raise RuntimeError("the Ray Train workers ended without the run's result")
+    return finals
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a trial: adopt the process group Ray Train made, train the
+    shard of the run; rank 0 sends ``(k, record, checkpointed)`` for every record and finally
+    ``("final", [final report, ...])`` to the trial's queue."""
+    from ray.train.torch import get_device
+
+    from dibregman import distributed
+
+    distributed.setup(get_device())
+    queue = config["queue"]
+    cfg = from_dict(config["cfg"])
+    run_dirs = [Path(d) for d in config["run_dirs"]]
+
+    def relay(k: int, record: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        queue.put((k, record, checkpoint_dir is not None))
+
+    results = run_seed_batch(cfg, list(config["seeds"]), run_dirs, on_report=relay)
+    if distributed.is_main():
+        queue.put(("final", [result.final_report() for result in results]))
 
 
 def trial_title(config: dict[str, Any]) -> str:
@@ -305,15 +410,43 @@ def latest_experiment(storage: Path, name: str) -> Path | None:
     return next((p for p in candidates if tune.Tuner.can_restore(str(p))), None)
 
 
+def trial_footprint(spec: SweepSpec) -> dict[str, float]:
+    """What one trial holds in all: the spec's ``resources``, or with ``workers_per_trial: N >
+    1`` N times them (its workers) plus its own actor's :data:`TRIAL_DRIVER_CPU`."""
+    workers = spec.workers_per_trial
+    if workers == 1:
+        return dict(spec.resources)
+    return {"cpu": workers * spec.resources["cpu"] + TRIAL_DRIVER_CPU,
+            "gpu": workers * spec.resources["gpu"]}
+
+
+def trial_capacity(spec: SweepSpec) -> int | None:
+    """How many trials on Ray Train workers the runtime fits at once (None: one-process
+    trials, which Tune itself schedules by their resources)."""
+    if spec.workers_per_trial == 1:
+        return None
+    available, need = ray.cluster_resources(), trial_footprint(spec)
+    return max(1, min(int(available.get(name, 0.0) // need[resource])
+                      for resource, name in (("cpu", "CPU"), ("gpu", "GPU"))
+                      if need[resource] > 0))
+
+
 def check_resources(spec: SweepSpec) -> None:
     """A trial must fit the Ray runtime: Tune would otherwise wait for resources forever."""
     available = ray.cluster_resources()
+    need = trial_footprint(spec)
+    workers = spec.workers_per_trial
     for resource, name in (("cpu", "CPU"), ("gpu", "GPU")):
         have = available.get(name, 0.0)
-        if spec.resources[resource] > have:
-            raise SpecError(f"{spec.path}: resources.{resource}: a trial asks for "
-                            f"{spec.resources[resource]:g} {name}s but the Ray runtime has "
-                            f"{have:g}; lower it (or join a cluster that has them)")
+        if need[resource] > have:
+            asks = (f"{need[resource]:g} {name}s" if workers == 1 else
+                    f"{need[resource]:g} {name}s ({workers} workers at "
+                    f"{spec.resources[resource]:g}"
+                    + (f", plus {TRIAL_DRIVER_CPU:g} for the trial)" if resource == "cpu"
+                       else ")"))
+            raise SpecError(f"{spec.path}: resources.{resource}: a trial asks for {asks} but "
+                            f"the Ray runtime has {have:g}; lower it (or join a cluster that "
+                            f"has them)")
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:
@@ -382,11 +515,18 @@ def run_sweep(
     view = LiveView(spec, total, console)
 
     base = spec.base_config()
+    workers = spec.workers_per_trial
     trainable = tune.with_resources(
         tune.with_parameters(distill_trainable, base=to_dict(base),
-                             experiment_path=str(experiment_path)),
-        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]},
+                             experiment_path=str(experiment_path), workers=workers,
+                             worker_resources=dict(spec.resources)),
+        {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]} if workers == 1
+        else {"cpu": TRIAL_DRIVER_CPU, "gpu": 0},
     )
+    capacity = trial_capacity(spec)
+    concurrent = max_concurrent or spec.max_concurrent
+    if capacity is not None:
+        concurrent = min(concurrent or capacity, capacity)
     run_config = tune.RunConfig(
         name=experiment_path.name,
         storage_path=str(storage),
@@ -403,7 +543,7 @@ def run_sweep(
                                        resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(trainable, param_space=_param_space(spec),
-                               tune_config=_tune_config(spec, base, max_concurrent),
+                               tune_config=_tune_config(spec, base, concurrent),
                                run_config=run_config)
         console.print(f"sweep {spec.name}: {total} runs in {trials} trials · Ray experiment "
                       f"{experiment_path} · MLflow {uri}", highlight=False)
@@ -450,7 +590,7 @@ def _tune_config(spec: SweepSpec, base, max_concurrent: int | None) -> tune.Tune
         search_alg=search_alg,
         scheduler=scheduler,
         num_samples=spec.search.num_samples if spec.search else 1,
-        max_concurrent_trials=max_concurrent or spec.max_concurrent,
+        max_concurrent_trials=max_concurrent,
         time_budget_s=spec.time_budget_s,
         reuse_actors=True,
         trial_name_creator=lambda trial: trial_title(trial.config),

@@ -33,8 +33,11 @@ as one process does. Only rank 0 writes files, reports to callbacks and evaluate
 
 Launch: ``torchrun --nproc-per-node N -m bench.cli run ...`` (or ``bench run
 --nproc-per-node N``, which does this); :func:`setup` reads torchrun's ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``). Without a process group
-every helper here is a no-op (``world_size() == 1``), so a plain run is untouched.
+``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``). A launcher that has
+already initialised the process group itself (Ray Train's ``TorchTrainer``, as a sweep trial
+with ``workers_per_trial > 1`` does) is adopted as it is: rank and world size always come from
+``torch.distributed``, and :func:`setup` then only selects this rank's GPU. Without a process
+group every helper here is a no-op (``world_size() == 1``), so a plain run is untouched.
 """
 
 from __future__ import annotations
@@ -67,21 +70,25 @@ def launched() -> bool:
 
 def setup(device: torch.device | str = "cpu",
           timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> torch.device:
-    """Join the process group torchrun's environment describes; returns this rank's device.
+    """Join the process group torchrun's environment describes, or adopt the one a launcher
+    has already initialised; returns this rank's device.
 
     Backend ``nccl`` for a CUDA run (each rank on GPU ``LOCAL_RANK``, made the current
-    device), ``gloo`` otherwise. Idempotent: a process already in a group keeps it.
+    device), ``gloo`` otherwise. Idempotent: a process already in a group keeps it (its
+    backend, rank and world size are the launcher's; ``timeout`` is then not applied).
 
     Args:
         device: the run's device (:func:`dibregman.device.resolve_device`); its type picks the
-            backend.
+            backend. A CUDA device with an index (``cuda:1``) names this rank's GPU, as a
+            launcher that assigns GPUs itself (Ray Train) knows it; without one, ``LOCAL_RANK``.
         timeout: how long a collective waits for the slowest rank.
     """
     device = torch.device(device)
     if device.type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = (device.index if device.index is not None
+                 else int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 init_method="env://", timeout=timeout)

@@ -2,9 +2,10 @@
 
 ``gmm2d`` and ``gmm16d`` distil analytic Gaussian mixtures with MLPs: two named ``mixture``
 sections of the ``mixture`` teacher; ``digits``, ``mnist`` and ``cifar10`` distil EDM image
-teachers trained by this package. Every preset has a ``NAME-tiny`` variant that runs a critic
-and a student step on a CPU in well under a second (FastGen's habit): tiny networks, a few
-steps, small evaluation sets.
+teachers trained by this package; ``cifar10-edm`` distils NVIDIA's imported EDM CIFAR-10
+teacher. Every preset but ``cifar10-edm`` (an imported network cannot be shrunk) has a
+``NAME-tiny`` variant that runs a critic and a student step on a CPU in well under a second
+(FastGen's habit): tiny networks, a few steps, small evaluation sets.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dibregman.config import (
     with_overrides,
 )
 
-# The -tiny variant of every preset: a few steps of everything, small evaluation sets.
+# The -tiny variant of a preset: a few steps of everything, small evaluation sets.
 _TINY_RUN: dict[str, Any] = {
     "train.generator_steps": 6,
     "train.critic_steps_per_generator_step": 2,
@@ -59,7 +60,7 @@ def _tiny(cfg: Config, networks: dict[str, Any]) -> Config:
     return with_overrides(cfg, {"preset": f"{cfg.preset}-tiny", **_TINY_RUN, **networks})
 
 
-_BASE_PRESETS: dict[str, tuple[Config, dict[str, Any]]] = {
+_BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
     # The default task, chosen by benchmarks/tasks.py (README "Choosing the task"): 8 modes on
     # a ring with weights 40 % ... 1 %, where generators differ by more than their seed noise.
     # The student reads random Fourier features of its latent (off-mode mass 14 % -> 5 %); small
@@ -187,12 +188,13 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any]]] = {
         device="auto",
         precision="bf16",
         compile=True,
-    ), _TINY_UNET),
+    ), None),  # no -tiny variant: an imported network cannot be shrunk
 }
 
 PRESETS: dict[str, Config] = {
     **{name: cfg for name, (cfg, _) in _BASE_PRESETS.items()},
-    **{f"{name}-tiny": _tiny(cfg, tiny) for name, (cfg, tiny) in _BASE_PRESETS.items()},
+    **{f"{name}-tiny": _tiny(cfg, tiny) for name, (cfg, tiny) in _BASE_PRESETS.items()
+       if tiny is not None},
 }
 
 

@@ -59,7 +59,8 @@ def test_default_sweep_holds_one_arm_per_method_and_both_controls():
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"grdi": {}}, "grdi: unknown key; valid: name, preset, set, grid"),
-    ({"preset": "gmm3d"}, "preset: unknown preset 'gmm3d'; valid: cifar10, cifar10-tiny"),
+    ({"preset": "gmm3d"},
+     "preset: unknown preset 'gmm3d'; valid: cifar10, cifar10-edm, cifar10-tiny"),
     ({"grid": {"generator": ["kl"]}}, "grid: kl-s0: generator.name / generator.alpha: unknown "
                                       "Bregman generator 'kl'; valid: alpha"),
     ({"grid": {"train.lrr": [1]}}, "grid.train.lrr: unknown config key; valid: generator"),
@@ -270,3 +271,33 @@ def test_trial_names_are_file_names():
                        "seed": 3})
     assert name == "reverse_kl-dataset=folder__data_x-s3"
     assert len(trial_name({"generator.name": "a" * 500, "seed": 1})) == 123
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"workers_per_trial": 0}, "workers_per_trial: 0 must be an integer >= 1"),
+    ({"workers_per_trial": "2"}, "workers_per_trial: '2' must be an integer >= 1"),
+    ({"workers_per_trial": True}, "workers_per_trial: True must be an integer >= 1"),
+    ({"workers_per_trial": 2, "seeds": [0, 1], "seed_batch": 2},
+     "workers_per_trial: 2 workers split one run; with seed_batch > 1"),
+    ({"workers_per_trial": 2, "scheduler": {"type": "asha"}},
+     "workers_per_trial: 2 workers train one run data-parallel; a scheduler is not supported"),
+    ({"workers_per_trial": 3}, "workers_per_trial: train.batch_size=64 is not divisible by the "
+                               "3 workers"),
+    ({"workers_per_trial": 2, "resources": {"gpu": 0.5}},
+     "resources.gpu: 0.5: with workers_per_trial: 2 each worker needs whole GPUs"),
+    ({"workers_per_trial": 2, "grid": None,
+      "search": {"num_samples": 2, "space": {"train.batch_size": {"choice": [64, 128]}}}},
+     "search.space.train.batch_size: cannot be searched with workers_per_trial: 2"),
+])
+def test_workers_per_trial_refusals_name_the_key(tmp_path, change, message):
+    path = write(tmp_path, {k: v for k, v in {**BASE, **change}.items() if v is not None})
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(err.value)
+
+
+def test_workers_per_trial_defaults_to_one_and_takes_a_run_per_trial(tmp_path):
+    assert load_spec(write(tmp_path, BASE)).workers_per_trial == 1
+    spec = load_spec(write(tmp_path, {**BASE, "workers_per_trial": 2, "seeds": [0, 1]}))
+    assert spec.workers_per_trial == 2 and spec.seed_batches() == [[0], [1]]
