@@ -6,6 +6,7 @@ naming the problem and the valid choices, exits with status 2 and writes nothing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -281,6 +282,18 @@ def teacher(
     console.print(f"teacher ({cfg.image_teacher.dataset}): {directory}")
 
 
+def run_import(importer: Callable[[], Path], source: Path) -> None:
+    """Run ``importer()`` (which returns the written directory); a refused checkpoint or an
+    unreadable file is ``error: ...`` and exit 2."""
+    from dibregman.pretrained.store import CheckpointError
+
+    try:
+        directory = importer()
+    except (CheckpointError, OSError) as err:
+        raise fail(str(err)) from None
+    console.print(f"imported {source} -> {directory}")
+
+
 @import_app.command("edm")
 def import_edm_(
     pickle_path: Annotated[Path, typer.Argument(help="An EDM network pickle, e.g. "
@@ -290,13 +303,8 @@ def import_edm_(
 ) -> None:
     """Import an NVlabs EDM checkpoint without executing the code it embeds."""
     from dibregman.pretrained.edm import import_edm
-    from dibregman.pretrained.store import CheckpointError
 
-    try:
-        directory = import_edm(pickle_path, out, key=key)
-    except (CheckpointError, OSError) as err:
-        raise fail(str(err)) from None
-    console.print(f"imported {pickle_path} -> {directory}")
+    run_import(lambda: import_edm(pickle_path, out, key=key), pickle_path)
 
 
 @import_app.command("diffusers")
@@ -307,13 +315,8 @@ def import_diffusers_(
 ) -> None:
     """Import a diffusers UNet2DModel with its scheduler as an EDM-convention denoiser."""
     from dibregman.pretrained.diffusers_unet import import_diffusers
-    from dibregman.pretrained.store import CheckpointError
 
-    try:
-        directory = import_diffusers(folder, out)
-    except (CheckpointError, OSError) as err:
-        raise fail(str(err)) from None
-    console.print(f"imported {folder} -> {directory}")
+    run_import(lambda: import_diffusers(folder, out), folder)
 
 
 @app.command()

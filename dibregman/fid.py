@@ -30,10 +30,9 @@ from torch import Tensor
 
 from dibregman.cache import cache_root
 from dibregman.config import from_dict
-from dibregman.distill import Distiller
-from dibregman.members import member_module
 from dibregman.metrics import cached_moments, content_hash, frechet_distance, inception_features
-from dibregman.run import CONFIG_FILE, read_checkpoint
+from dibregman.run import CONFIG_FILE, read_checkpoint, write_json
+from dibregman.students import build_networks
 from dibregman.teachers import TeacherKind, teacher_for
 
 FID_DIR = "fid"
@@ -98,15 +97,11 @@ def _load_student(run_dir: Path, device: str) -> tuple[torch.nn.Module, Any]:
     checkpoint = read_checkpoint(run_dir)
     if checkpoint is None:
         raise ValueError(f"{run_dir} has no checkpoint to evaluate")
-    distiller = Distiller(cfg, teacher)
-    distiller.load_state_dict(checkpoint[0])
-    return member_module(distiller.student_ema, 0).eval(), teacher
-
-
-def _save_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    # The student's architecture alone (a Distiller would also build the critics' optimisers and
+    # draw the regression term's teacher ODE pairs, which evaluation never uses).
+    student, _, _ = build_networks(cfg, teacher, torch.Generator())
+    student.load_state_dict(checkpoint[0]["student_ema"])
+    return student.to(device).eval().requires_grad_(False), teacher
 
 
 def paper_fid(
@@ -174,14 +169,16 @@ def paper_fid(
             chunk = features(samples, device)
             moments = moments if moments is not None else RunningMoments(chunk.shape[1])
             moments.add(chunk)
-            _save_atomic(partial, lambda p, m=moments: torch.save(m.state_dict(), p))
+            tmp = partial.with_name(partial.name + ".tmp")
+            torch.save(moments.state_dict(), tmp)
+            os.replace(tmp, partial)
             if on_chunk is not None:
                 on_chunk(seed, done, n)
         result[key] = frechet_distance(*moments.moments(), *reference)
         result["n"] = n
-        _save_atomic(result_path, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+        write_json(result_path, result)
         partial.unlink()
     values = [result[f"fid_seed{s}"] for s in seeds]
     result.update(fid_min=float(min(values)), fid_mean=float(np.mean(values)))
-    _save_atomic(result_path, lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+    write_json(result_path, result)
     return result

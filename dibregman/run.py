@@ -131,7 +131,7 @@ def provenance(cfg: Config, protocol: dict[str, Any], seed_batch: list[int]) -> 
     }
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -259,7 +259,7 @@ def run_seed_batch(
             for k in pending:
                 try:
                     run_dirs[k].mkdir(parents=True, exist_ok=True)
-                    _write_json(run_dirs[k] / CONFIG_FILE, to_dict(cfgs[k]))
+                    write_json(run_dirs[k] / CONFIG_FILE, to_dict(cfgs[k]))
                 except OSError as err:
                     raise ValueError(f"cannot write the run directory {run_dirs[k]}: "
                                      f"{err.strerror}") from None
@@ -325,7 +325,7 @@ class _SeedBatch:
         self.seeds = [member_cfg.seed for member_cfg in cfgs]
         for member_cfg, run_dir in zip(cfgs, run_dirs, strict=True):
             if distributed.is_main():
-                _write_json(run_dir / PROVENANCE_FILE,
+                write_json(run_dir / PROVENANCE_FILE,
                             provenance(member_cfg, evaluator.protocol, self.seeds))
         self.distiller = Distiller(self.cfg, teacher, self.seeds)
         self.elapsed_before = [0.0] * len(self.seeds)
@@ -398,7 +398,7 @@ class _SeedBatch:
                 title = f"{cfg.generator.name} seed {self.seeds[k]} · step {steps}"
                 self.evaluator.plot(samples, self.run_dirs[k] / SAMPLES_FILE, title)
                 result = RunResult(status, metrics, steps, wall_time(k), self.run_dirs[k])
-                _write_json(self.run_dirs[k] / FINAL_FILE, result.record())
+                write_json(self.run_dirs[k] / FINAL_FILE, result.record())
                 files[k].close()
                 if on_report is not None:
                     on_report(k, result.final_report(), None)
