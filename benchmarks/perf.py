@@ -58,7 +58,7 @@ def random_teacher(cfg, device: torch.device) -> ImageTeacher:
     shape = shapes[cfg.image_teacher.dataset]
     data = ImageDataset("random", torch.rand(4096, *shape) * 2 - 1,
                         torch.zeros(4096, dtype=torch.long), 0)
-    return ImageTeacher(build_denoiser(cfg.image_teacher, shape[0]), data,
+    return ImageTeacher(build_denoiser(cfg.image_teacher, data), data,
                         cfg.image_teacher).to(device)
 
 

@@ -56,6 +56,10 @@ class ImageTeacherConfig:
         seed: initialisation and batches.
         log_every, checkpoint_every: training log and resumable checkpoints.
         path: an explicit teacher directory; "" uses the cache keyed by this config's hash.
+        class_conditional: the teacher models ``p(x | y)`` over the dataset's classes, and
+            students, fake scores and ratio networks take the class too
+            (:mod:`dibregman.labels`); a pretrained teacher must be a class-conditional
+            network to set it.
     """
 
     dataset: str = "digits"
@@ -76,6 +80,7 @@ class ImageTeacherConfig:
     log_every: int = 100
     checkpoint_every: int = 500
     path: str = ""
+    class_conditional: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,12 @@ The critic step fits the fake score by denoising score matching on detached stud
 and the ratio network on noised teacher-side samples (positive) against noised student samples
 (negative) at the same levels.
 
+With a class-conditional teacher (``teacher.num_classes = C > 0``, :mod:`dibregman.labels`)
+every batch carries class-balanced one-hot labels ``y``: the student draws ``G(z, y)``, the
+teacher side of the ratio estimator holds images of the same classes, and the fake score, the
+teacher's score, the ratio ``r(x_s, sigma, y)`` and the GAN term all see ``y``; the student
+therefore matches each class's distribution, ``q(x | y)`` to ``p(x | y)``.
+
 Nothing here touches files or global RNG: all randomness comes from ``torch.Generator``s
 seeded by ``cfg.seed``, so a run is a deterministic function of its config.
 
@@ -46,6 +52,7 @@ from dibregman import distributed
 from dibregman.bregman import get_generator
 from dibregman.config import Config
 from dibregman.device import adamw, autocast, prepare_modules, resolve_device
+from dibregman.labels import balanced_labels, evaluation_labels, one_hot
 from dibregman.losses import distribution_matching, dsm_loss, gan_generator_loss, regression_loss
 from dibregman.members import (
     load_member_state_dicts,
@@ -145,6 +152,7 @@ class Distiller:
         self.cfg, self.teacher, train = cfg, teacher, cfg.train
         self.seeds = list(seeds) if seeds is not None else [cfg.seed]
         self.members = len(self.seeds)
+        self.num_classes = teacher.num_classes
         distributed.check_shardable(train.batch_size, self.members)
         self.h = get_generator(cfg.generator.name, cfg.generator.alpha)
         self.device = distributed.local_device(resolve_device(cfg.device))
@@ -159,7 +167,8 @@ class Distiller:
         if train.regression_weight > 0:
             pairs = [regression_pairs(teacher, train.regression_pairs, rng, self.device)
                      for rng in init_rngs]
-            self.pairs = tuple(torch.cat(side) for side in zip(*pairs, strict=True))
+            self.pairs = tuple(None if side[0] is None else torch.cat(side)
+                               for side in zip(*pairs, strict=True))
         self.student_ema = copy.deepcopy(self.student).requires_grad_(False)
         self.ratio = RatioEstimator(ratio_net, cfg.ratio, train.sigma_min, train.sigma_max,
                                     self.members)
@@ -185,6 +194,16 @@ class Distiller:
     # Data-parallel (one member): ``n`` is the global batch; every rank draws all of it, so the
     # generators advance as in one process, and keeps its shard (distributed.shard).
 
+    def _labels(self, n: int) -> list[Tensor | None]:
+        """Each member's class-balanced one-hot labels ``(n, C)`` for a global batch of ``n``
+        (all None for an unconditional teacher: nothing is drawn)."""
+        c = self.num_classes
+        return [one_hot(balanced_labels(n, c, rng), c) if c else None for rng in self.rngs]
+
+    def _rows(self, labels: list[Tensor | None]) -> Tensor | None:
+        """The members' labels as this rank's rows of the member-major batch."""
+        return None if labels[0] is None else distributed.shard(torch.cat(labels))
+
     def _latents(self, n: int) -> Tensor:
         return distributed.shard(torch.cat([
             torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
@@ -204,43 +223,57 @@ class Distiller:
                                                           t.sigma_quantile_high, rng)
                                             for rng in self.rngs]))
 
-    def _teacher_side(self, n: int) -> Tensor:
+    def _teacher_side(self, n: int, labels: list[Tensor | None]) -> Tensor:
         draw = (self.teacher.sample if self.cfg.ratio.teacher_side == "teacher"
                 else self.teacher.sample_data)
-        return distributed.shard(torch.cat([draw(n, rng) for rng in self.rngs]))
+        return distributed.shard(torch.cat([draw(n, rng, y)
+                                            for rng, y in zip(self.rngs, labels, strict=True)]))
 
     def _frozen(self) -> Tensor:
         return torch.tensor([s is Status.DIVERGED for s in self.status])
 
+    def sample_labels(self, n: int) -> Tensor | None:
+        """``(n,)`` int64: the class of each of :meth:`sample`'s ``n`` samples (``i mod C``);
+        None for an unconditional teacher."""
+        return evaluation_labels(n, self.num_classes) if self.num_classes else None
+
     @torch.no_grad()
     def sample(self, n: int, seed: int, member: int = 0, batch_size: int = 1024) -> Tensor:
         """``n`` samples of member ``member``'s EMA student from latents fixed by ``seed``,
-        ``(n, *shape)``.
+        ``(n, *shape)``; of the classes :meth:`sample_labels` gives for a class-conditional
+        teacher.
 
         All ``n`` latents are drawn first (on the CPU), so sample ``i`` is the same at any
         batch size and on any device.
         """
         latents = torch.randn(n, *self.teacher.shape, generator=torch.Generator().manual_seed(seed))
+        labels = self.sample_labels(n)
+        label_chunks = ([None] * len(latents.split(batch_size)) if labels is None else
+                        one_hot(labels, self.num_classes).split(batch_size))
         student = member_module(self.student_ema, member)
         with self.autocast:
-            return torch.cat([student(chunk.to(self.device)).float().cpu()
-                              for chunk in latents.split(batch_size)])
+            return torch.cat([
+                student(chunk.to(self.device),
+                        None if y is None else y.to(self.device)).float().cpu()
+                for chunk, y in zip(latents.split(batch_size), label_chunks, strict=True)])
 
     def critic_step(self) -> list[dict[str, float]]:
         """One update of the fake score (DSM) and the ratio network on detached student samples;
         diagnostics per member."""
         batch, k = self.cfg.train.batch_size, self.members
+        member_labels = self._labels(batch)
+        labels = self._rows(member_labels)
         with torch.no_grad(), self.autocast:
-            x_student = self.student(self._latents(batch)).float()
-        x_teacher = self._teacher_side(batch)
+            x_student = self.student(self._latents(batch), labels).float()
+        x_teacher = self._teacher_side(batch, member_labels)
         sigma = self._sigmas(batch)
         noised = self._noised(x_student, sigma)
         with self.autocast:
-            denoised = self.fake(noised, sigma).float()
+            denoised = self.fake(noised, sigma, labels).float()
         fake_loss = member_means(dsm_loss(denoised, x_student, sigma, self.teacher.sigma_data), k)
         teacher_noised = self._noised(x_teacher, sigma)
         with self.autocast:
-            ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma)
+            ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma, labels)
         frozen = self._frozen()
         stepped = apply_update(fake_loss, self.opt_fake, self.fake, math.inf, frozen)
         stepped &= apply_update(ratio_loss, self.opt_ratio, self.ratio, math.inf, frozen)
@@ -253,36 +286,38 @@ class Distiller:
         """One weighted distribution-matching update of the student (docs/method.md §3);
         diagnostics per member."""
         train, k = self.cfg.train, self.members
+        labels = self._rows(self._labels(train.batch_size))
         with self.autocast:
-            x = self.student(self._latents(train.batch_size)).float()
+            x = self.student(self._latents(train.batch_size), labels).float()
         sigma = self._sigmas(train.batch_size)
         x_noised = self._noised(x, sigma)
         diagnostics: list[dict[str, float]] = [{} for _ in range(k)]
         weight = None
         with torch.no_grad(), self.autocast:
             x_s = x_noised.detach()
-            denoised_teacher = self.teacher.denoise(x_s, sigma).float()
-            denoised_fake = self.fake(x_s, sigma).float()
+            denoised_teacher = self.teacher.denoise(x_s, sigma, labels).float()
+            denoised_fake = self.fake(x_s, sigma, labels).float()
             if not train.force_unit_weight:
-                weight, diagnostics = self.ratio.weights(self.h, x_s, sigma)
+                weight, diagnostics = self.ratio.weights(self.h, x_s, sigma, labels)
         per_sample, step = distribution_matching(x, denoised_teacher, denoised_fake, weight)
         loss_dm = member_means(per_sample, k)
         loss, extra = loss_dm, {}
         if train.gan_weight > 0:
             with self.autocast:
-                loss_gan = member_means(gan_generator_loss(self.ratio.log_ratio(x_noised, sigma)),
+                loss_gan = member_means(gan_generator_loss(self.ratio.log_ratio(x_noised, sigma, labels)),
                                         k)
             loss = loss + train.gan_weight * loss_gan
             extra["loss_gan"] = loss_gan
         if self.pairs is not None:
-            latents, targets = self.pairs
+            latents, pair_labels, targets = self.pairs
             n_pairs = len(latents) // k
             index = distributed.shard(torch.cat([
                 torch.randint(n_pairs, (train.batch_size,), generator=rng,
                               device=self.device) + m * n_pairs
                 for m, rng in enumerate(self.rngs)]))
             with self.autocast:
-                fitted = self.student(latents[index]).float()
+                fitted = self.student(latents[index], None if pair_labels is None
+                                      else pair_labels[index]).float()
             loss_regression = member_means(regression_loss(fitted, targets[index]), k)
             loss = loss + train.regression_weight * loss_regression
             extra["loss_regression"] = loss_regression

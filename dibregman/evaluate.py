@@ -20,8 +20,9 @@ def declared_metrics(cfg: Config) -> list[MetricSpec]:
     Raises:
         ValueError: ``cfg.teacher`` is not registered.
     """
-    evaluator = teacher_entry(cfg.teacher).teacher_class.evaluator
-    return [*evaluator.metrics(cfg.eval), *COST_METRICS]
+    teacher_class = teacher_entry(cfg.teacher).teacher_class
+    return [*teacher_class.evaluator.metrics(cfg.eval, teacher_class.class_conditional(cfg)),
+            *COST_METRICS]
 
 
 def curve_metrics(cfg: Config) -> list[MetricSpec]:

@@ -4,7 +4,10 @@ EDM (Karras et al. 2022, §5 and Appendix F) and the distillation papers after i
 al. 2024; f-distill, Xu et al. 2025; SiD, Zhou et al. 2024) report FID as: 50,000 one-step
 samples, Inception-v3 pool3 features, against the statistics of the whole training set
 (CIFAR-10: its 50,000 training images), computed for three sample seeds, the minimum (and the
-mean) reported. Here the features are clean-fid's "clean" mode (Parmar et al. 2022;
+mean) reported. A class-conditional student is measured the same way (EDM's conditional
+protocol): its samples are class-balanced, sample ``i`` of class ``i mod C``
+(:func:`dibregman.labels.evaluation_labels`; 5,000 per CIFAR-10 class), against all training
+images. Here the features are clean-fid's "clean" mode (Parmar et al. 2022;
 :func:`dibregman.metrics.inception_features`), the reference the teacher's training images (the
 same reference as the run's own ``fid_n`` metric).
 
@@ -30,6 +33,7 @@ from torch import Tensor
 
 from dibregman.cache import cache_root
 from dibregman.config import from_dict
+from dibregman.labels import evaluation_labels, one_hot
 from dibregman.metrics import cached_moments, content_hash, frechet_distance, inception_features
 from dibregman.run import CONFIG_FILE, read_checkpoint, write_json
 from dibregman.students import build_networks
@@ -157,6 +161,8 @@ def paper_fid(
             moments = RunningMoments(1)
             moments.load_state_dict(torch.load(partial, weights_only=True))
         rng = torch.Generator().manual_seed(seed)
+        labels = (one_hot(evaluation_labels(n, teacher.num_classes), teacher.num_classes)
+                  if teacher.num_classes else None)
         done = 0
         while done < n:
             size = min(batch_size, n - done)
@@ -164,8 +170,9 @@ def paper_fid(
             done += size
             if moments is not None and done <= moments.count:
                 continue  # drawn and discarded: the stream resumes where the save left it
+            chunk_labels = None if labels is None else labels[done - size:done].to(device)
             with torch.no_grad():
-                samples = student(latents.to(device)).float().clamp(-1, 1).cpu()
+                samples = student(latents.to(device), chunk_labels).float().clamp(-1, 1).cpu()
             chunk = features(samples, device)
             moments = moments if moments is not None else RunningMoments(chunk.shape[1])
             moments.add(chunk)

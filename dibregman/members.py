@@ -37,7 +37,8 @@ class Members(nn.Module):
         modules: ``K >= 2`` modules of one architecture, each already initialised (its own
             seed); their parameters and buffers are copied, stacked along dimension 0.
 
-    ``forward(*inputs)``: every input is ``(K * B, ...)`` member-major; returns the stacked
+    ``forward(*inputs)``: every input is ``(K * B, ...)`` member-major, or None (an absent
+    optional argument, such as the labels of an unconditional network); returns the stacked
     outputs ``(K * B, ...)``, member ``k``'s rows computed by member ``k`` alone.
     """
 
@@ -62,15 +63,17 @@ class Members(nn.Module):
         return {name: getattr(self, _key(name))
                 for name in (*self._param_names, *self._buffer_names)}
 
-    def forward(self, *inputs: Tensor) -> Tensor:
+    def forward(self, *inputs: Tensor | None) -> Tensor:
         k = self.count
         template = self._template[0]
 
-        def one(state: dict[str, Tensor], *args: Tensor) -> Tensor:
+        def one(state: dict[str, Tensor], *args: Tensor | None) -> Tensor:
             return functional_call(template, state, args)
 
-        split = [x.reshape(k, x.shape[0] // k, *x.shape[1:]) for x in inputs]
-        out = vmap(one)(self._stacked(), *split)
+        split = [None if x is None else x.reshape(k, x.shape[0] // k, *x.shape[1:])
+                 for x in inputs]
+        in_dims = (0, *(None if x is None else 0 for x in inputs))
+        out = vmap(one, in_dims=in_dims)(self._stacked(), *split)
         return out.reshape(-1, *out.shape[2:])
 
     def member_state_dict(self, k: int) -> dict[str, Tensor]:

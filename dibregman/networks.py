@@ -7,7 +7,10 @@ arXiv 2206.00364, Table 1):
     c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
     c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = log(sigma) / 4.
 
-``F`` is any module called as ``F(x_in, c_noise)``: :class:`MLPNet` or :class:`UNet`.
+``F`` is any module called as ``F(x_in, c_noise, labels)``: :class:`MLPNet` or :class:`UNet`.
+``labels`` are one-hot class rows ``(B, C)`` for a class-conditional network (``label_dim = C``;
+:mod:`dibregman.labels`), None for an unconditional one: a label embedding
+``W_y y`` is added to the noise embedding (EDM's ``map_label``).
 """
 
 from __future__ import annotations
@@ -75,8 +78,35 @@ class NoiseEmbedding(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
+class LabelEmbedding(nn.Module):
+    """``W_y y`` of one-hot labels ``y: (B, C)`` -> ``(B, emb_dim)``; with ``label_dim = 0`` an
+    unconditional network's stand-in that gives 0 and refuses labels.
+
+    Raises (in ``forward``):
+        ValueError: labels given to an unconditional network, or none to a conditional one.
+    """
+
+    def __init__(self, label_dim: int, emb_dim: int) -> None:
+        super().__init__()
+        self.label_dim = label_dim
+        self.linear = nn.Linear(label_dim, emb_dim, bias=False) if label_dim else None
+
+    def forward(self, labels: Tensor | None) -> Tensor | float:
+        if self.linear is None:
+            if labels is not None:
+                raise ValueError("this network is unconditional (label_dim 0); call it "
+                                 "without labels")
+            return 0.0
+        if labels is None or labels.shape[-1] != self.label_dim:
+            got = "none" if labels is None else f"shape {tuple(labels.shape)}"
+            raise ValueError(f"this network is class-conditional: it needs one-hot labels "
+                             f"(B, {self.label_dim}), got {got}")
+        return self.linear(labels.to(self.linear.weight.dtype))
+
+
 class MLPNet(nn.Module):
-    """``F(x_in, c_noise)`` for vectors: an MLP on the input and a noise-level embedding.
+    """``F(x_in, c_noise)`` for vectors: an MLP on the input and a noise-level embedding
+    (unconditional: ``labels`` must be None).
 
     ``x_in: (B, d)``, ``c_noise: (B,)`` -> ``(B, out_features)``.
     """
@@ -86,7 +116,9 @@ class MLPNet(nn.Module):
         self.embedding = NoiseEmbedding()
         self.net = mlp(dim + 2 * len(self.embedding.frequencies), out_features, hidden, depth)
 
-    def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+    def forward(self, x_in: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        if labels is not None:
+            raise ValueError("MLPNet is unconditional; call it without labels")
         return self.net(torch.cat([x_in, self.embedding(c_noise)], dim=1))
 
 
@@ -140,15 +172,18 @@ class UNet(nn.Module):
         in_channels: image channels ``C``.
         channels: base width; level ``i`` has ``channels * channel_mult[i]``.
         channel_mult: width multipliers per resolution level.
-        emb_dim: width of the noise embedding.
+        emb_dim: width of the noise (and label) embedding.
+        label_dim: classes ``C`` of a class-conditional U-Net (0: unconditional).
     """
 
     def __init__(self, in_channels: int, channels: int = 64,
-                 channel_mult: tuple[int, ...] = (1, 2), emb_dim: int = 128) -> None:
+                 channel_mult: tuple[int, ...] = (1, 2), emb_dim: int = 128,
+                 label_dim: int = 0) -> None:
         super().__init__()
         self.embedding = NoiseEmbedding(16)
         self.emb_mlp = nn.Sequential(nn.Linear(32, emb_dim), nn.SiLU(),
                                      nn.Linear(emb_dim, emb_dim))
+        self.label_embedding = LabelEmbedding(label_dim, emb_dim)
         widths = [channels * m for m in channel_mult]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
@@ -174,8 +209,8 @@ class UNet(nn.Module):
         self.out = nn.Sequential(GroupNorm(previous), nn.SiLU(),
                                  nn.Conv2d(previous, in_channels, 3, padding=1))
 
-    def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
-        emb = self.emb_mlp(self.embedding(c_noise))
+    def forward(self, x_in: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        emb = self.emb_mlp(self.embedding(c_noise)) + self.label_embedding(labels)
         h = self.stem(x_in)
         skips = []
         for level, block in enumerate(self.down_blocks):
@@ -195,7 +230,7 @@ class Denoiser(nn.Module):
     """An EDM-preconditioned denoiser ``D(x, sigma)`` around ``F`` (teacher, fake score).
 
     Args:
-        net: ``F(x_in, c_noise)`` with output shaped like its input.
+        net: ``F(x_in, c_noise, labels)`` with output shaped like its input.
         sigma_data: data standard deviation ``sd``.
     """
 
@@ -204,31 +239,35 @@ class Denoiser(nn.Module):
         self.net = net
         self.sigma_data = sigma_data
 
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x: (B, *shape)``, ``sigma: (B,)`` -> ``(B, *shape)`` denoised."""
+    def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``x: (B, *shape)``, ``sigma: (B,)``, ``labels: (B, C)`` one-hot or None ->
+        ``(B, *shape)`` denoised."""
         sd = self.sigma_data
         s = expand_sigma(sigma, x)
         c_skip = sd**2 / (s**2 + sd**2)
         c_out = s * sd / torch.sqrt(s**2 + sd**2)
         c_in = 1 / torch.sqrt(s**2 + sd**2)
-        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4)
+        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4, labels)
 
 
 class ConvEncoder(nn.Module):
-    """``(B, C, H, W), c_noise (B,) -> (B, 1)``: a small noise-conditioned CNN ratio head."""
+    """``(B, C, H, W), c_noise (B,), labels -> (B, 1)``: a small noise-conditioned CNN ratio
+    head; with ``label_dim > 0`` also label-conditioned (one-hot ``(B, label_dim)``)."""
 
-    def __init__(self, in_channels: int, width: int = 32, emb_dim: int = 64) -> None:
+    def __init__(self, in_channels: int, width: int = 32, emb_dim: int = 64,
+                 label_dim: int = 0) -> None:
         super().__init__()
         self.embedding = NoiseEmbedding(8)
         self.emb_mlp = nn.Sequential(nn.Linear(16, emb_dim), nn.SiLU())
+        self.label_embedding = LabelEmbedding(label_dim, emb_dim)
         self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
         self.block1 = ResBlock(width, width, emb_dim)
         self.down = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
         self.block2 = ResBlock(2 * width, 2 * width, emb_dim)
         self.head = nn.Linear(2 * width, 1)
 
-    def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
-        emb = self.emb_mlp(self.embedding(c_noise))
+    def forward(self, x_in: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        emb = self.emb_mlp(self.embedding(c_noise)) + self.label_embedding(labels)
         h = self.block2(self.down(self.block1(self.stem(x_in), emb)), emb)
         return self.head(nn.functional.silu(h).mean(dim=(2, 3)))
 
@@ -250,10 +289,11 @@ class RatioNetwork(nn.Module):
         self.net = net
         self.sigma_data = sigma_data
 
-    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x: (B, *shape)``, ``sigma: (B,)`` -> ``(B,)`` raw log-ratio (before clamping)."""
+    def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``x: (B, *shape)``, ``sigma: (B,)``, ``labels: (B, C)`` one-hot or None -> ``(B,)``
+        raw log-ratio (before clamping)."""
         c_in = 1 / torch.sqrt(expand_sigma(sigma, x) ** 2 + self.sigma_data**2)
-        return self.net(c_in * x, sigma.log() / 4).squeeze(1)
+        return self.net(c_in * x, sigma.log() / 4, labels).squeeze(1)
 
 
 class OneStepGenerator(nn.Module):
@@ -286,8 +326,10 @@ class OneStepGenerator(nn.Module):
         self.frequencies.copy_(self.fourier_scale * torch.randn(
             self.frequencies.shape, generator=rng).to(self.frequencies.device))
 
-    def forward(self, z: Tensor) -> Tensor:
-        """``z: (B, d)`` -> ``(B, d)``."""
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``z: (B, d)`` -> ``(B, d)`` (unconditional: ``labels`` must be None)."""
+        if labels is not None:
+            raise ValueError("OneStepGenerator is unconditional; call it without labels")
         features = z
         if self.frequencies.shape[1]:
             angles = z @ self.frequencies
@@ -309,7 +351,8 @@ class DenoiserStudent(nn.Module):
         self.denoiser = denoiser
         self.sigma_init = sigma_init
 
-    def forward(self, z: Tensor) -> Tensor:
-        """``z: (B, C, H, W)`` standard normal -> ``(B, C, H, W)`` samples."""
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``z: (B, C, H, W)`` standard normal, ``labels: (B, classes)`` one-hot for a
+        class-conditional denoiser -> ``(B, C, H, W)`` samples."""
         sigma = torch.full((z.shape[0],), self.sigma_init, device=z.device, dtype=z.dtype)
-        return self.denoiser(self.sigma_init * z, sigma)
+        return self.denoiser(self.sigma_init * z, sigma, labels)

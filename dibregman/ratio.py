@@ -86,8 +86,11 @@ class RatioEstimator(nn.Module):
     batch (:mod:`dibregman.members`) every member has its own bins; batches are member-major,
     ``K * B`` rows.
 
+    A class-conditional network also takes one-hot labels ``y: (K B, C)`` and estimates the
+    conditional ratio ``q_sigma(x | y) / p_sigma(x | y)``; every method passes them through.
+
     Args:
-        network: maps ``x: (K B, d)``, ``sigma: (K B,)`` to raw ``log r: (K B,)``.
+        network: maps ``x: (K B, d)``, ``sigma: (K B,)`` (and ``y``) to raw ``log r: (K B,)``.
         cfg: estimator name, clamps, clips and normalisation switches.
         sigma_min, sigma_max: the range split into ``cfg.noise_bins`` equal bins of log-sigma.
         members: ``K``, the number of independent members the network holds.
@@ -105,25 +108,28 @@ class RatioEstimator(nn.Module):
         self.register_buffer("bin_mean_inv_ratio", torch.ones(members, cfg.noise_bins))
         self.register_buffer("bin_seen", torch.zeros(members, cfg.noise_bins, dtype=torch.bool))
 
-    def log_ratio(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def log_ratio(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
         """Clamped ``log r`` in fp32, ``(K B,)``."""
         clamp = self.cfg.log_ratio_clamp
-        return self.network(x, sigma).float().clamp(-clamp, clamp)
+        return self.network(x, sigma, labels).float().clamp(-clamp, clamp)
 
-    def loss(self, x_teacher: Tensor, x_student: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    def loss(self, x_teacher: Tensor, x_student: Tensor, sigma: Tensor,
+             labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Fitting loss on a pair of noised batches at the same levels.
 
         Args:
             x_teacher: ``(K B, d)`` noised teacher-side samples (positive class).
             x_student: ``(K B, d)`` noised, detached student samples (negative class).
             sigma: ``(K B,)`` their noise levels.
+            labels: ``(K B, C)`` one-hot classes of both (row ``i`` of each is of class
+                ``labels[i]``); None for an unconditional network.
 
         Returns:
             Each member's loss ``(K,)``, and each member's accuracy of the sign rule
             "``log r < 0`` means teacher" ``(K,)``.
         """
-        log_r_teacher = self.log_ratio(x_teacher, sigma)
-        log_r_student = self.log_ratio(x_student, sigma)
+        log_r_teacher = self.log_ratio(x_teacher, sigma, labels)
+        log_r_student = self.log_ratio(x_student, sigma, labels)
         with torch.no_grad():
             correct = ((log_r_teacher < 0).float() + (log_r_student > 0).float()) / 2
         loss = self.fit_loss(log_r_teacher, log_r_student)
@@ -137,7 +143,8 @@ class RatioEstimator(nn.Module):
 
     @torch.no_grad()
     def weights(
-        self, h: BregmanGenerator, x: Tensor, sigma: Tensor, update: bool = True
+        self, h: BregmanGenerator, x: Tensor, sigma: Tensor, labels: Tensor | None = None,
+        update: bool = True,
     ) -> tuple[Tensor, list[dict[str, float]]]:
         """Per-sample Di-Bregman weights ``w = h''(r) r`` at noised student samples.
 
@@ -159,6 +166,7 @@ class RatioEstimator(nn.Module):
             h: the Bregman generator.
             x: ``(K B, d)`` noised student samples, the same ``x_s`` as the score difference.
             sigma: ``(K B,)`` their noise levels.
+            labels: ``(K B, C)`` their one-hot classes (None: unconditional).
             update: fold this batch into the per-bin EMA (False for pure evaluation).
 
         Returns:
@@ -167,7 +175,7 @@ class RatioEstimator(nn.Module):
             and the share of samples clipped by ``[clip_min, clip_max]`` or by ``h``'s domain.
         """
         cfg, k = self.cfg, self.members
-        raw = self.log_ratio(x, sigma).exp().reshape(k, -1)
+        raw = self.log_ratio(x, sigma, labels).exp().reshape(k, -1)
         ratio = raw.clamp(cfg.clip_min, cfg.clip_max)
         clipped = ratio != raw
         if cfg.bin_normalize:

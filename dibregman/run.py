@@ -393,7 +393,8 @@ class _SeedBatch:
                 status = (Status.DIVERGED if distiller.status[k] is Status.DIVERGED
                           else Status.FINISHED)
                 samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed, k)
-                metrics = self.evaluator.final(samples) if status is Status.FINISHED else {}
+                metrics = (self.evaluator.final(samples, distiller.sample_labels(len(samples)))
+                           if status is Status.FINISHED else {})
                 steps = distiller.member_steps[k]
                 title = f"{cfg.generator.name} seed {self.seeds[k]} · step {steps}"
                 self.evaluator.plot(samples, self.run_dirs[k] / SAMPLES_FILE, title)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from dibregman.config import Config
+from dibregman.labels import balanced_labels, one_hot
 from dibregman.networks import (
     ConvEncoder,
     Denoiser,
@@ -31,7 +32,8 @@ def build_networks(
     ``init_rng``. Image teachers (DMD2): student ``G(z) = D(sigma_init z, sigma_init)`` and fake
     score both copied from the teacher's denoiser ``teacher.network``; the ratio network is a
     separate small CNN (not a head on the fake score's bottleneck) so its updates never move
-    the fake score.
+    the fake score. For a class-conditional teacher all three take its labels: the copies
+    inherit the teacher's label embedding, the ratio CNN gets one of its own.
     """
     sd = teacher.sigma_data
     if teacher.kind is TeacherKind.VECTOR:
@@ -51,7 +53,8 @@ def build_networks(
         student = DenoiserStudent(copy.deepcopy(teacher.network).requires_grad_(True),
                                   cfg.train.sigma_init)
         fake = copy.deepcopy(teacher.network).requires_grad_(True)
-        ratio_net = RatioNetwork(ConvEncoder(teacher.shape[0]), sd)
+        ratio_net = RatioNetwork(ConvEncoder(teacher.shape[0], label_dim=teacher.num_classes),
+                                 sd)
     init_parameters(ratio_net, init_rng, zero_last=True)
     return student.train(), fake.train(), ratio_net
 
@@ -60,19 +63,28 @@ def build_networks(
 def regression_pairs(
     teacher: Teacher, n: int, rng: torch.Generator, device: torch.device,
     batch_size: int = 512,
-) -> tuple[Tensor, Tensor]:
-    """DMD's regression set: ``n`` latents and the teacher's ODE images of them.
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """DMD's regression set: ``n`` latents (and class-balanced labels, for a class-conditional
+    teacher) and the teacher's ODE images of them.
 
     Args:
-        teacher: the frozen teacher; ``y = teacher.sample_from(z)`` (35 evaluations each).
+        teacher: the frozen teacher; ``x = teacher.sample_from(z, y)`` (35 evaluations each).
         n: number of pairs.
-        rng: a CPU generator for the latents ``z ~ N(0, I)``.
+        rng: a CPU generator for the latents ``z ~ N(0, I)``, then the labels.
         device: where the pairs live.
 
     Returns:
-        latents ``(n, *shape)`` and targets ``(n, *shape)``, both fp32 on ``device``.
+        latents ``(n, *shape)``, one-hot labels ``(n, C)`` or None (unconditional), and
+        targets ``(n, *shape)``, all fp32 on ``device``.
     """
     latents = torch.randn(n, *teacher.shape, generator=rng).to(device)
-    targets = torch.cat([teacher.sample_from(chunk).float()
-                         for chunk in latents.split(batch_size)])
-    return latents, targets.to(device)
+    labels = None
+    if teacher.num_classes:
+        labels = one_hot(balanced_labels(n, teacher.num_classes, rng),
+                         teacher.num_classes).to(device)
+    label_chunks = [None] * len(latents.split(batch_size)) if labels is None \
+        else labels.split(batch_size)
+    targets = torch.cat([teacher.sample_from(chunk, y).float()
+                         for chunk, y in zip(latents.split(batch_size), label_chunks,
+                                             strict=True)])
+    return latents, labels, targets.to(device)

@@ -90,13 +90,13 @@ def test_ratio_weight_read_at_the_same_noised_samples_as_score_difference():
     seen = {}
     denoise, weights = d.teacher.denoise, d.ratio.weights
 
-    def spy_denoise(x, sigma):
+    def spy_denoise(x, sigma, labels=None):
         seen["denoise"] = (x.clone(), sigma.clone())
-        return denoise(x, sigma)
+        return denoise(x, sigma, labels)
 
-    def spy_weights(generator, x, sigma, update=True):
+    def spy_weights(generator, x, sigma, labels=None, update=True):
         seen["weights"] = (x.clone(), sigma.clone())
-        return weights(generator, x, sigma, update)
+        return weights(generator, x, sigma, labels, update)
 
     d.teacher.denoise, d.ratio.weights = spy_denoise, spy_weights
     d.student_step()
@@ -119,9 +119,9 @@ def test_student_step_moves_samples_along_teacher_minus_fake(monkeypatch, name):
     original, denoise = dibregman.distill.distribution_matching, d.teacher.denoise
     queried, seen = [], {}
 
-    def spy_denoise(x, sigma):
+    def spy_denoise(x, sigma, labels=None):
         queried.append((x.detach().clone(), sigma.detach().clone()))
-        return denoise(x, sigma)
+        return denoise(x, sigma, labels)
 
     def spy_student(module, args, output):
         if torch.is_grad_enabled():  # the student step's samples (critic samples are no-grad)
@@ -201,8 +201,8 @@ def test_student_ema_is_the_mean_of_the_iterates_until_its_decay_cap():
 
 def test_regression_pairs_are_the_teachers_ode_images_of_their_own_latents():
     d = distiller(steps=0, **{"train.regression_weight": 1.0, "train.regression_pairs": 64})
-    latents, targets = d.pairs
-    assert latents.shape == targets.shape == (64, 2)
+    latents, labels, targets = d.pairs
+    assert latents.shape == targets.shape == (64, 2) and labels is None
     torch.testing.assert_close(targets, d.teacher.sample_from(latents))
     evaluation = torch.randn(64, 2, generator=torch.Generator().manual_seed(d.cfg.eval.seed))
     assert not torch.equal(latents, evaluation)
@@ -214,7 +214,7 @@ def test_regression_term_pulls_the_student_onto_the_teachers_ode_map():
     it distribution matching alone leaves the student far from that pairing."""
     reference = distiller(steps=0, **{"train.regression_weight": 1.0,
                                       "train.regression_pairs": 256})
-    latents, targets = reference.pairs
+    latents, _, targets = reference.pairs
 
     def error(weight):
         d = distiller(steps=100, **{"train.regression_weight": weight, "train.lr": 3e-3,

@@ -72,7 +72,7 @@ def test_teacher_training_lowers_the_dsm_loss(tmp_path):
     x0 = teacher.data.images[:256]
     sigma = (torch.randn(256, generator=generator) * 1.2 - 1.2).exp()
     noise = torch.randn(x0.shape, generator=generator)
-    untrained = build_denoiser(cfg, 1)
+    untrained = build_denoiser(cfg, teacher.data)
     init_parameters(untrained, torch.Generator().manual_seed(cfg.seed), zero_last=True)
     noised = x0 + expand_sigma(sigma, x0) * noise
     with torch.no_grad():

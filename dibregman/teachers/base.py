@@ -3,6 +3,11 @@
 A noised sample is ``x_sigma = x + sigma * n`` with ``n ~ N(0, I)``; the denoiser predicts the
 clean ``x``, and the score of the noised marginal follows from Tweedie's formula:
 ``s(x, sigma) = (D(x, sigma) - x) / sigma**2``.
+
+A class-conditional teacher (``num_classes = C > 0``) models ``p(x | y)``: ``denoise``,
+``sample``, ``sample_from`` and ``sample_data`` take one-hot labels ``(B, C)``
+(:mod:`dibregman.labels`). An unconditional teacher (``num_classes = 0``) is always called with
+``labels=None``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Teacher(ABC):
         sigma_data: the data's standard deviation (EDM preconditioning of students and critics).
         shape: the shape of one sample, e.g. ``(2,)`` or ``(1, 8, 8)``.
         sampler_steps: Heun steps of :meth:`sample_from` (18 = EDM's 35 evaluations).
+        num_classes: ``C`` of a class-conditional teacher; 0 for an unconditional one.
     """
 
     kind: ClassVar[TeacherKind] = TeacherKind.VECTOR
@@ -59,12 +65,19 @@ class Teacher(ABC):
     sigma_data: float
     shape: tuple[int, ...]
     sampler_steps: int = 18
+    num_classes: int = 0
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> Teacher:
         """The teacher a run config asks for, on ``device``. The default takes no arguments:
         ``cls()``; a teacher that reads its own config section overrides this."""
         return cls()
+
+    @classmethod
+    def class_conditional(cls, cfg: Config) -> bool:
+        """Whether the teacher ``cfg`` asks for is class-conditional, read from the config alone
+        (what a run measures is declared before any teacher is built). Default: no."""
+        return False
 
     def to(self, device: str | torch.device) -> Teacher:
         """Move to ``device`` (nothing to move by default); returns ``self``."""
@@ -75,39 +88,43 @@ class Teacher(ABC):
         return self.evaluator(self, cfg.eval)
 
     @abstractmethod
-    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """``D(x, sigma)``: the posterior mean ``E[x_0 | x_sigma = x]``.
+    def denoise(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
+        """``D(x, sigma, y)``: the posterior mean ``E[x_0 | x_sigma = x, y]``.
 
         Args:
             x: ``(B, *shape)`` noised samples.
             sigma: scalar or ``(B,)`` noise levels.
+            labels: ``(B, C)`` one-hot classes of a class-conditional teacher; None otherwise.
 
         Returns:
             ``(B, *shape)``.
         """
 
-    def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """``grad_x log p_sigma(x) = (D(x, sigma) - x) / sigma**2``, shape of ``x``."""
-        return (self.denoise(x, sigma) - x) / expand_sigma(sigma, x) ** 2
+    def score(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
+        """``grad_x log p_sigma(x | y) = (D(x, sigma, y) - x) / sigma**2``, shape of ``x``."""
+        return (self.denoise(x, sigma, labels) - x) / expand_sigma(sigma, x) ** 2
 
     @torch.no_grad()
-    def sample_from(self, latents: Tensor) -> Tensor:
-        """The probability-flow ODE's image of standard-normal ``latents: (B, *shape)``.
+    def sample_from(self, latents: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The probability-flow ODE's image of standard-normal ``latents: (B, *shape)`` (of
+        classes ``labels: (B, C)`` for a class-conditional teacher).
 
         EDM's Heun sampler from ``sigma_max * latents`` (``2 * sampler_steps - 1`` evaluations):
         a deterministic noise-to-sample map, the pairing DMD's regression term fits.
         """
-        return heun_sample(self.denoise, latents, self.sampler_steps, self.sigma_min,
-                           self.sigma_max)
+        return heun_sample(lambda x, sigma: self.denoise(x, sigma, labels), latents,
+                           self.sampler_steps, self.sigma_min, self.sigma_max)
 
     @abstractmethod
-    def sample(self, n: int, rng: torch.Generator) -> Tensor:
-        """``n`` clean samples of the teacher's distribution, ``(n, *shape)``."""
+    def sample(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        """``n`` clean samples of the teacher's distribution (of classes ``labels: (n, C)``),
+        ``(n, *shape)``."""
 
-    def sample_data(self, n: int, rng: torch.Generator) -> Tensor:
-        """``n`` samples of the data the teacher models, ``(n, *shape)``.
+    def sample_data(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        """``n`` samples of the data the teacher models (of classes ``labels: (n, C)``),
+        ``(n, *shape)``.
 
         An analytic teacher's distribution is its data, so by default this is :meth:`sample`;
         a trained teacher draws from its training set.
         """
-        return self.sample(n, rng)
+        return self.sample(n, rng, labels)

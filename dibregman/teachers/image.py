@@ -4,7 +4,8 @@ Training (Karras et al. 2022, §5): ``ln sigma ~ N(p_mean, p_std^2)``, loss
 ``lambda(sigma) ||D(x + sigma n, sigma) - x||^2`` with ``lambda = (sigma^2 + sd^2) / (sigma sd)^2``,
 AdamW, an EMA of the weights (the EMA is the teacher). Teachers are cached by a hash of their
 config, so sweeps load a trained teacher instead of training it again; training checkpoints and
-resumes.
+resumes. With ``image_teacher.class_conditional`` the U-Net takes the image's class (one-hot,
+:mod:`dibregman.labels`) and learns ``D(x, sigma, y)``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from torch import Tensor
 
 from dibregman.cache import cache_root
 from dibregman.config import Config, ImageTeacherConfig
-from dibregman.data import ImageDataset, load_dataset
+from dibregman.data import DataError, ImageDataset, load_dataset
 from dibregman.evaluators import ImageEvaluator
+from dibregman.labels import one_hot
 from dibregman.losses import dsm_loss
 from dibregman.networks import Denoiser, UNet, ema_update, init_parameters
 from dibregman.noise import expand_sigma
@@ -37,8 +39,11 @@ LOG_FILE = "log.jsonl"
 
 
 def teacher_key(cfg: ImageTeacherConfig) -> str:
-    """16 hex chars identifying a teacher: the hash of every field but ``path``."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "path"}
+    """16 hex chars identifying a teacher: the hash of every field but ``path`` (and of
+    ``class_conditional`` only when set, so unconditional teachers keep the keys they had
+    before the field existed)."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k != "path" and not (k == "class_conditional" and not v)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -50,9 +55,21 @@ def teacher_dir(cfg: ImageTeacherConfig) -> Path:
                                       f"{teacher_key(cfg)}"
 
 
-def build_denoiser(cfg: ImageTeacherConfig, channels: int) -> Denoiser:
-    """The teacher's architecture: ``Denoiser(UNet)`` for ``channels``-channel images."""
-    return Denoiser(UNet(channels, cfg.channels, tuple(cfg.channel_mult)), cfg.sigma_data)
+def build_denoiser(cfg: ImageTeacherConfig, data: ImageDataset) -> Denoiser:
+    """The teacher's architecture for ``data``'s images: ``Denoiser(UNet)``, taking
+    ``data.num_classes`` labels when ``cfg.class_conditional``.
+
+    Raises:
+        DataError: a class-conditional teacher of unlabelled data.
+    """
+    label_dim = 0
+    if cfg.class_conditional:
+        if not data.num_classes:
+            raise DataError(f"image_teacher.class_conditional needs labelled images; "
+                            f"{data.name} has no classes")
+        label_dim = data.num_classes
+    return Denoiser(UNet(data.images.shape[1], cfg.channels, tuple(cfg.channel_mult),
+                         label_dim=label_dim), cfg.sigma_data)
 
 
 class ImageTeacher(Teacher):
@@ -60,18 +77,21 @@ class ImageTeacher(Teacher):
 
     ``sample`` runs EDM's Heun sampler (``2 * sampler_steps - 1`` evaluations);
     ``sample_data`` draws from the training images (the teacher-side class of the ratio
-    estimator by default, as in DMD2 and f-distill).
+    estimator by default, as in DMD2 and f-distill), of the requested classes when the
+    teacher is class-conditional.
 
     Args:
-        network: the EMA denoiser (frozen here).
+        network: the EMA denoiser ``D(x, sigma, labels)`` (frozen here).
         data: the dataset it was trained on.
-        cfg: its config.
+        cfg: its config; ``cfg.class_conditional`` makes it a teacher of ``data.num_classes``
+            classes.
     """
 
     kind = TeacherKind.IMAGE
     evaluator = ImageEvaluator
 
-    def __init__(self, network: Denoiser, data: ImageDataset, cfg: ImageTeacherConfig) -> None:
+    def __init__(self, network: torch.nn.Module, data: ImageDataset,
+                 cfg: ImageTeacherConfig) -> None:
         self.network = network.eval().requires_grad_(False)
         self.data = data
         self.cfg = cfg
@@ -80,11 +100,21 @@ class ImageTeacher(Teacher):
         self.sigma_data = cfg.sigma_data
         self.sampler_steps = cfg.sampler_steps
         self.shape = tuple(data.images.shape[1:])
+        self.num_classes = data.num_classes if cfg.class_conditional else 0
+        # Training images sorted by class: class c is rows [starts[c], starts[c] + counts[c]).
+        self._by_class = torch.argsort(data.labels, stable=True)
+        counts = torch.bincount(data.labels.clamp(min=0), minlength=self.num_classes)
+        self._class_counts = counts[: self.num_classes]
+        self._class_starts = (torch.cumsum(counts, 0) - counts)[: self.num_classes]
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> ImageTeacher:
         """The cached teacher of ``cfg.image_teacher``, trained first if missing."""
         return load_teacher(cfg.image_teacher, device=str(device))
+
+    @classmethod
+    def class_conditional(cls, cfg: Config) -> bool:
+        return cfg.image_teacher.class_conditional
 
     @property
     def device(self) -> torch.device:
@@ -95,22 +125,31 @@ class ImageTeacher(Teacher):
         return self
 
     @torch.no_grad()
-    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
         sigma = expand_sigma(sigma, x).reshape(-1).expand(x.shape[0])
-        return self.network(x, sigma)
+        return self.network(x, sigma, labels)
 
     @torch.no_grad()
-    def sample(self, n: int, rng: torch.Generator) -> Tensor:
+    def sample(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
         latents = torch.randn(n, *self.shape, generator=rng, device=rng.device)
-        return self.sample_from(latents)
+        return self.sample_from(latents, labels)
 
-    def sample_from(self, latents: Tensor) -> Tensor:
+    def sample_from(self, latents: Tensor, labels: Tensor | None = None) -> Tensor:
         """Heun samples from standard-normal ``latents: (B, *shape)`` on any device."""
-        return super().sample_from(latents.to(self.device))
+        labels = None if labels is None else labels.to(self.device)
+        return super().sample_from(latents.to(self.device), labels)
 
-    def sample_data(self, n: int, rng: torch.Generator) -> Tensor:
-        index = torch.randint(len(self.data.images), (n,), generator=rng, device=rng.device)
-        return self.data.images[index.cpu()].to(self.device)
+    def sample_data(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        """``n`` training images drawn uniformly with replacement; with one-hot ``labels:
+        (n, C)``, image ``i`` uniformly among those of class ``labels[i]``."""
+        if labels is None:
+            index = torch.randint(len(self.data.images), (n,), generator=rng, device=rng.device)
+            return self.data.images[index.cpu()].to(self.device)
+        classes = labels.argmax(dim=1).cpu()
+        uniform = torch.rand(n, generator=rng, device=rng.device).cpu()
+        offset = (uniform * self._class_counts[classes]).long()
+        index = self._by_class[self._class_starts[classes] + offset]
+        return self.data.images[index].to(self.device)
 
 
 def train_teacher(
@@ -132,8 +171,10 @@ def train_teacher(
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     data = load_dataset(cfg.dataset, cfg.data_dir or None)
     images = data.images.to(device)
+    labels = one_hot(data.labels.clamp(min=0), data.num_classes).to(device) \
+        if cfg.class_conditional else None
     rng = torch.Generator(device=device).manual_seed(cfg.seed)
-    network = build_denoiser(cfg, data.images.shape[1])
+    network = build_denoiser(cfg, data)
     init_parameters(network, torch.Generator().manual_seed(cfg.seed), zero_last=True)
     network.to(device)
     ema = copy.deepcopy(network).requires_grad_(False)
@@ -154,7 +195,8 @@ def train_teacher(
             sigma = (cfg.p_mean + cfg.p_std * torch.randn(cfg.batch_size, generator=rng,
                                                           device=device)).exp()
             noise = torch.randn(x0.shape, generator=rng, device=device)
-            denoised = network(x0 + expand_sigma(sigma, x0) * noise, sigma)
+            denoised = network(x0 + expand_sigma(sigma, x0) * noise, sigma,
+                               None if labels is None else labels[index])
             loss = dsm_loss(denoised, x0, sigma, cfg.sigma_data).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,7 +228,7 @@ def load_teacher(cfg: ImageTeacherConfig, device: str = "cpu",
     """The teacher of ``cfg`` from its directory, trained first if it is not there yet."""
     directory = train_teacher(cfg, device=device, on_report=on_report)
     data = load_dataset(cfg.dataset, cfg.data_dir or None)
-    network = build_denoiser(cfg, data.images.shape[1])
+    network = build_denoiser(cfg, data)
     network.load_state_dict(torch.load(directory / TEACHER_FILE, weights_only=True,
                                        map_location="cpu"))
     return ImageTeacher(network, data, cfg).to(device)

@@ -120,7 +120,7 @@ class GaussianMixtureTeacher(Teacher):
         log_joint, _ = self._log_joint(x, sigma)
         return torch.logsumexp(log_joint, dim=1).to(x.dtype)
 
-    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
         log_joint, var = self._log_joint(x, sigma)
         gamma = torch.softmax(log_joint, dim=1)  # (B, K)
         x64 = x.double()
@@ -130,7 +130,7 @@ class GaussianMixtureTeacher(Teacher):
         denoised = (gamma * (1 - shrink)) @ self.means + (gamma * shrink).sum(1, keepdim=True) * x64
         return denoised.to(x.dtype)
 
-    def sample(self, n: int, rng: torch.Generator) -> Tensor:
+    def sample(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
         components = torch.multinomial(self.weights, n, replacement=True, generator=rng)
         noise = torch.randn(n, self.shape[0], generator=rng, dtype=torch.float64)
         x = self.means[components] + self.stds[components, None] * noise

@@ -6,7 +6,10 @@ Config: ``teacher = "pretrained"``, ``image_teacher.path`` the imported director
 images it was trained on (the ratio estimator's teacher side, the metrics' reference). The
 teacher's noise range is the config's ``[sigma_min, sigma_max]`` clipped to the network's own
 range where its record states one (as EDM's sampler clips its 0.002 ... 80 to a VP network's
-range); ``sigma_data`` is the record's where it states one, else the config's.
+range); ``sigma_data`` is the record's where it states one, else the config's. A
+class-conditional network (``label_dim > 0``, e.g. ``edm-cifar10-32x32-cond-vp``) is distilled
+class-conditionally and needs ``image_teacher.class_conditional = true`` and a dataset with as
+many classes.
 """
 
 from __future__ import annotations
@@ -22,11 +25,8 @@ from dibregman.teachers.image import ImageTeacher
 
 
 class PretrainedTeacher(ImageTeacher):
-    """An imported denoiser ``D(x, sigma)`` over the images of ``cfg.image_teacher.dataset``.
-
-    Class-conditional networks (``label_dim > 0``) are refused: labels do not yet flow through
-    distillation, and an EDM network called without labels sees the all-zero label.
-    """
+    """An imported denoiser ``D(x, sigma, labels)`` over the images of
+    ``cfg.image_teacher.dataset``."""
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> PretrainedTeacher:
@@ -35,11 +35,17 @@ class PretrainedTeacher(ImageTeacher):
             raise ValueError("teacher 'pretrained' needs image_teacher.path: the directory "
                              "`bench teacher import edm|diffusers ... --out DIR` wrote")
         record = read_record(image.path)
-        if record.get("label_dim", 0):
-            raise ValueError(f"{image.path} is a class-conditional network (label_dim "
-                             f"{record['label_dim']}); only unconditional pretrained teachers "
-                             f"can be distilled so far")
+        label_dim = record.get("label_dim", 0)
+        if bool(label_dim) != image.class_conditional:
+            raise ValueError(
+                f"{image.path} is a class-conditional network ({label_dim} classes): set "
+                f"image_teacher.class_conditional=true" if label_dim else
+                f"{image.path} is an unconditional network: it cannot be distilled with "
+                f"image_teacher.class_conditional=true")
         data = load_dataset(image.dataset, image.data_dir or None)
+        if label_dim and label_dim != data.num_classes:
+            raise ValueError(f"{image.path} has {label_dim} classes, but dataset "
+                             f"{image.dataset!r} has {data.num_classes}")
         shape = tuple(data.images.shape[1:])
         expected = (record.get("img_channels"), record.get("img_resolution"),
                     record.get("img_resolution"))

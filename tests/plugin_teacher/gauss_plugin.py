@@ -63,7 +63,7 @@ class CorrelatedGaussianTeacher(Teacher):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+    def denoise(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
         """``D(x, sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu)``.
 
         Args:
@@ -82,7 +82,7 @@ class CorrelatedGaussianTeacher(Teacher):
         centred = (x64 - mean) @ vectors  # coordinates in the eigenbasis U
         return (mean + (shrink * centred) @ vectors.T).to(x.dtype)
 
-    def sample(self, n: int, rng: torch.Generator) -> Tensor:
+    def sample(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """``n`` exact draws ``mu + L z``, ``L L^T = Sigma``, ``z ~ N(0, I)`` from ``rng``;
         ``(n, 2)`` float32 on ``rng``'s device."""
         z = torch.randn(n, 2, generator=rng, dtype=torch.float64, device=rng.device)
