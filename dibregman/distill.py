@@ -304,8 +304,8 @@ class Distiller:
         loss, extra = loss_dm, {}
         if train.gan_weight > 0:
             with self.autocast:
-                loss_gan = member_means(gan_generator_loss(self.ratio.log_ratio(x_noised, sigma, labels)),
-                                        k)
+                log_r = self.ratio.log_ratio(x_noised, sigma, labels)
+                loss_gan = member_means(gan_generator_loss(log_r), k)
             loss = loss + train.gan_weight * loss_gan
             extra["loss_gan"] = loss_gan
         if self.pairs is not None:

@@ -60,6 +60,32 @@ def _tiny(cfg: Config, networks: dict[str, Any]) -> Config:
     return with_overrides(cfg, {"preset": f"{cfg.preset}-tiny", **_TINY_RUN, **networks})
 
 
+# The paper-scale recipe on NVIDIA's unconditional EDM CIFAR-10 teacher (DDPM++ VP, 55.7M
+# parameters; FID 1.97 at 35 evaluations), imported with `bench teacher import edm
+# edm-cifar10-32x32-uncond-vp.pkl --out teachers/edm-cifar10-32x32-uncond-vp`. f-distill's
+# schedule (Xu et al. 2025): AdamW lr 1e-4 for all three networks, global batch 2048
+# (`bench run --nproc-per-node 8`: 256 per GPU), 100k student steps, 5 critic steps per
+# student step, GAN weight 1e-3, ratio clipped to [1/20, 10], 10 log-sigma bins (the
+# defaults of `ratio`).
+_CIFAR10_EDM = Config(
+    preset="cifar10-edm",
+    teacher="pretrained",
+    image_teacher=ImageTeacherConfig(dataset="cifar10",
+                                     path="teachers/edm-cifar10-32x32-uncond-vp"),
+    train=TrainConfig(generator_steps=100_000, critic_steps_per_generator_step=5,
+                      fake_warmup_steps=0, batch_size=2048, lr=1e-4, sigma_max=80.0,
+                      ema_decay=0.999, gan_weight=1e-3),
+    eval=EvalConfig(every=5000, n_curve=5000, n_final=50_000, n_pr=10_000, n_mmd=2000,
+                    fid_n=50_000),
+    log_every=100,
+    checkpoint_every=1000,
+    num_threads=0,
+    device="auto",
+    precision="bf16",
+    compile=True,
+)
+
+
 _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
     # The default task, chosen by benchmarks/tasks.py (README "Choosing the task"): 8 modes on
     # a ring with weights 40 % ... 1 %, where generators differ by more than their seed noise.
@@ -164,31 +190,17 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         precision="bf16",
         compile=True,
     ), _TINY_UNET),
-    # The paper-scale recipe on NVIDIA's unconditional EDM CIFAR-10 teacher (DDPM++ VP, 55.7M
-    # parameters; FID 1.97 at 35 evaluations), imported with `bench teacher import edm
-    # edm-cifar10-32x32-uncond-vp.pkl --out teachers/edm-cifar10-32x32-uncond-vp`. f-distill's
-    # schedule (Xu et al. 2025): AdamW lr 1e-4 for all three networks, global batch 2048
-    # (`bench run --nproc-per-node 8`: 256 per GPU), 100k student steps, 5 critic steps per
-    # student step, GAN weight 1e-3, ratio clipped to [1/20, 10], 10 log-sigma bins (the
-    # defaults of `ratio`). The class-conditional teacher waits on class-conditional
-    # distillation.
-    "cifar10-edm": (Config(
-        preset="cifar10-edm",
-        teacher="pretrained",
-        image_teacher=ImageTeacherConfig(dataset="cifar10",
-                                         path="teachers/edm-cifar10-32x32-uncond-vp"),
-        train=TrainConfig(generator_steps=100_000, critic_steps_per_generator_step=5,
-                          fake_warmup_steps=0, batch_size=2048, lr=1e-4, sigma_max=80.0,
-                          ema_decay=0.999, gan_weight=1e-3),
-        eval=EvalConfig(every=5000, n_curve=5000, n_final=50_000, n_pr=10_000, n_mmd=2000,
-                        fid_n=50_000),
-        log_every=100,
-        checkpoint_every=1000,
-        num_threads=0,
-        device="auto",
-        precision="bf16",
-        compile=True,
-    ), None),  # no -tiny variant: an imported network cannot be shrunk
+    # An imported network cannot be shrunk: the two presets below have no -tiny variants.
+    "cifar10-edm": (_CIFAR10_EDM, None),
+    # The paper's experiment (Di-Bregman, arXiv 2510.16983, §5): the same schedule on EDM's
+    # class-conditional CIFAR-10 teacher (FID 1.79 at 35 evaluations), imported with `bench
+    # teacher import edm edm-cifar10-32x32-cond-vp.pkl --out teachers/edm-cifar10-32x32-cond-vp`;
+    # class-balanced labels through student, fake score and ratio network.
+    "cifar10-paper": (with_overrides(_CIFAR10_EDM, {
+        "preset": "cifar10-paper",
+        "image_teacher.path": "teachers/edm-cifar10-32x32-cond-vp",
+        "image_teacher.class_conditional": True,
+    }), None),
 }
 
 PRESETS: dict[str, Config] = {

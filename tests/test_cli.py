@@ -47,7 +47,8 @@ def test_run_tiny_with_overrides(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--preset", "gmm9d"], "unknown preset 'gmm9d'; valid: cifar10, cifar10-edm, cifar10-tiny"),
+    (["--preset", "gmm9d"],
+     "unknown preset 'gmm9d'; valid: cifar10, cifar10-edm, cifar10-paper, cifar10-tiny"),
     (["--generator", "kl"], "unknown Bregman generator 'kl'; valid: alpha"),
     (["--set", "train.lrr=1"], "unknown config key 'train.lrr'; valid: preset"),
     (["--set", "train.lr=fast"], "bad value 'fast' for train.lr: expected a number"),

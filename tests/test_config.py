@@ -74,8 +74,8 @@ def test_every_preset_is_valid_and_has_a_tiny_variant_but_the_imported_teachers(
 
 
 def test_unknown_preset_lists_valid():
-    with pytest.raises(ConfigError, match="valid: cifar10, cifar10-edm, cifar10-tiny, digits, "
-                                          "digits-tiny"):
+    with pytest.raises(ConfigError, match="valid: cifar10, cifar10-edm, cifar10-paper, "
+                                          "cifar10-tiny, digits, digits-tiny"):
         get_preset("gmm3d")
 
 

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from dibregman.config import with_overrides
+from dibregman.evaluate import declared_metrics
 from dibregman.presets import get_preset
 from dibregman.pretrained.edm import build
 from dibregman.pretrained.store import save_imported
+from dibregman.results import Role, Stage
 from dibregman.run import run_experiment
 from dibregman.teachers import teacher_for
 
@@ -59,10 +61,38 @@ def test_a_run_distils_an_imported_teacher(tmp_path):
     assert (tmp_path / "run" / "checkpoint" / "state.pt").exists()  # for a later `bench fid`
 
 
-def test_a_class_conditional_import_is_refused(tmp_path):
+def test_a_class_conditional_import_distils_with_the_students_labels(tmp_path):
+    network = tiny_import(tmp_path / "cond", class_name="VPPrecond", label_dim=10)
+    cfg = pretrained_config(tmp_path / "cond", **{"image_teacher.class_conditional": True,
+                                                 "train.generator_steps": 2})
+    teacher = teacher_for(cfg)
+    assert teacher.num_classes == 10
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 5.0])
+    labels = torch.eye(10)[[1, 7]]
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.denoise(x, sigma, labels), network(x, sigma, labels))
+    result = run_experiment(cfg, tmp_path / "run")
+    assert result.status == "finished"
+    declared = {spec.key for spec in declared_metrics(cfg)
+                if spec.stage is Stage.FINAL and spec.role is not Role.COST}
+    assert {"fd_cls_per_class_n512", "class_accuracy_n512"} <= declared <= set(result.metrics)
+    assert 0 <= result.metrics["class_accuracy_n512"] <= 1
+    assert math.isfinite(result.metrics["fd_cls_per_class_n512"])
+
+
+def test_conditioning_that_does_not_match_the_network_is_refused(tmp_path):
     tiny_import(tmp_path / "cond", label_dim=10)
-    with pytest.raises(ValueError, match="class-conditional network"):
+    with pytest.raises(ValueError, match="class-conditional network .10 classes.: set "
+                                         "image_teacher.class_conditional=true"):
         teacher_for(pretrained_config(tmp_path / "cond"))
+    tiny_import(tmp_path / "uncond")
+    with pytest.raises(ValueError, match="is an unconditional network"):
+        teacher_for(pretrained_config(tmp_path / "uncond",
+                                      **{"image_teacher.class_conditional": True}))
+    tiny_import(tmp_path / "five", label_dim=5)
+    with pytest.raises(ValueError, match="has 5 classes, but dataset 'digits' has 10"):
+        teacher_for(pretrained_config(tmp_path / "five",
+                                      **{"image_teacher.class_conditional": True}))
 
 
 def test_an_import_for_other_images_is_refused(tmp_path):
@@ -80,18 +110,26 @@ def test_bench_run_without_an_import_is_a_clear_exit_2(tmp_path):
     assert "holds no imported teacher" in result.output
 
 
-def test_the_paper_recipe_preset_and_sweep():
-    """`cifar10-edm` is f-distill's schedule on an imported teacher; its sweep holds 4 arms x 3
-    seeds and ranks by the 50k-sample FID."""
+@pytest.mark.parametrize("name, checkpoint, conditional", [
+    ("cifar10-edm", "edm-cifar10-32x32-uncond-vp", False),
+    ("cifar10-paper", "edm-cifar10-32x32-cond-vp", True)])
+def test_the_paper_recipe_presets_and_sweeps(name, checkpoint, conditional):
+    """`cifar10-paper` (the paper's class-conditional teacher) and `cifar10-edm` (the
+    unconditional one) are f-distill's schedule on an imported teacher; each sweep holds 4 arms
+    x 3 seeds and ranks by the 50k-sample FID."""
     from dibregman.validation import validate
 
-    cfg = get_preset("cifar10-edm")
+    cfg = get_preset(name)
     validate(cfg)
     assert cfg.teacher == "pretrained" and cfg.image_teacher.dataset == "cifar10"
+    assert cfg.image_teacher.path == f"teachers/{checkpoint}"
+    assert cfg.image_teacher.class_conditional is conditional
     assert (cfg.train.batch_size, cfg.train.generator_steps, cfg.train.lr,
             cfg.train.critic_steps_per_generator_step, cfg.train.gan_weight,
             cfg.ratio.noise_bins) == (2048, 100_000, 1e-4, 5, 1e-3, 10)
     assert (cfg.ratio.clip_min, cfg.ratio.clip_max) == (0.05, 10.0)
-    result = CliRunner().invoke(app, ["sweep", "sweeps/cifar10-edm.yaml", "--dry-run"])
+    keys = {spec.key for spec in declared_metrics(cfg)}
+    assert ("fd_cls_per_class_n50000" in keys) is conditional
+    result = CliRunner().invoke(app, ["sweep", f"sweeps/{name}.yaml", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "12 runs in 12 trials" in result.output
+    assert "12 runs in 12 trials" in " ".join(result.output.split())  # however rich wraps

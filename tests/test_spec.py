@@ -60,7 +60,7 @@ def test_default_sweep_holds_one_arm_per_method_and_both_controls():
 @pytest.mark.parametrize(("change", "message"), [
     ({"grdi": {}}, "grdi: unknown key; valid: name, preset, set, grid"),
     ({"preset": "gmm3d"},
-     "preset: unknown preset 'gmm3d'; valid: cifar10, cifar10-edm, cifar10-tiny"),
+     "preset: unknown preset 'gmm3d'; valid: cifar10, cifar10-edm, cifar10-paper, cifar10-tiny"),
     ({"grid": {"generator": ["kl"]}}, "grid: kl-s0: generator.name / generator.alpha: unknown "
                                       "Bregman generator 'kl'; valid: alpha"),
     ({"grid": {"train.lrr": [1]}}, "grid.train.lrr: unknown config key; valid: generator"),

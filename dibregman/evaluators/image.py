@@ -158,4 +158,10 @@ class ImageEvaluator(Evaluator):
                                 *reference)
 
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:
+        """64 samples in 8 columns; a class-conditional student's evaluation samples (sample
+        ``i`` of class ``i mod C``) as 8 rows of ``C`` columns, one column per class."""
+        classes = self.teacher.num_classes
+        if classes:
+            return plot_image_grid(samples[: 8 * classes], path, columns=classes,
+                                   title=f"{title} · columns: classes 0-{classes - 1}")
         return plot_image_grid(samples[:64], path, title=title)
