@@ -248,14 +248,13 @@ class Distiller:
         """
         latents = torch.randn(n, *self.teacher.shape, generator=torch.Generator().manual_seed(seed))
         labels = self.sample_labels(n)
-        label_chunks = ([None] * len(latents.split(batch_size)) if labels is None else
-                        one_hot(labels, self.num_classes).split(batch_size))
+        y = None if labels is None else one_hot(labels, self.num_classes).to(self.device)
         student = member_module(self.student_ema, member)
         with self.autocast:
             return torch.cat([
-                student(chunk.to(self.device),
-                        None if y is None else y.to(self.device)).float().cpu()
-                for chunk, y in zip(latents.split(batch_size), label_chunks, strict=True)])
+                student(latents[i:i + batch_size].to(self.device),
+                        None if y is None else y[i:i + batch_size]).float().cpu()
+                for i in range(0, n, batch_size)])
 
     def critic_step(self) -> list[dict[str, float]]:
         """One update of the fake score (DSM) and the ratio network on detached student samples;

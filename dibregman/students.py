@@ -82,9 +82,8 @@ def regression_pairs(
     if teacher.num_classes:
         labels = one_hot(balanced_labels(n, teacher.num_classes, rng),
                          teacher.num_classes).to(device)
-    label_chunks = [None] * len(latents.split(batch_size)) if labels is None \
-        else labels.split(batch_size)
-    targets = torch.cat([teacher.sample_from(chunk, y).float()
-                         for chunk, y in zip(latents.split(batch_size), label_chunks,
-                                             strict=True)])
+    targets = torch.cat([
+        teacher.sample_from(latents[i:i + batch_size],
+                            None if labels is None else labels[i:i + batch_size]).float()
+        for i in range(0, n, batch_size)])
     return latents, labels, targets.to(device)

@@ -101,11 +101,10 @@ class ImageTeacher(Teacher):
         self.sampler_steps = cfg.sampler_steps
         self.shape = tuple(data.images.shape[1:])
         self.num_classes = data.num_classes if cfg.class_conditional else 0
-        # Training images sorted by class: class c is rows [starts[c], starts[c] + counts[c]).
-        self._by_class = torch.argsort(data.labels, stable=True)
-        counts = torch.bincount(data.labels.clamp(min=0), minlength=self.num_classes)
-        self._class_counts = counts[: self.num_classes]
-        self._class_starts = (torch.cumsum(counts, 0) - counts)[: self.num_classes]
+        if self.num_classes:  # images by class: class c is rows starts[c] ... + counts[c] - 1
+            self._by_class = torch.argsort(data.labels, stable=True)
+            self._class_counts = torch.bincount(data.labels, minlength=self.num_classes)
+            self._class_starts = torch.cumsum(self._class_counts, 0) - self._class_counts
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> ImageTeacher:
