@@ -1,5 +1,5 @@
-"""Shared fixtures: one real grid sweep (local Ray, sqlite MLflow) reused by sweep and report
-tests, since starting Ray costs seconds."""
+"""Shared fixtures: a cache root of the session's own, and one real grid sweep (local Ray,
+sqlite MLflow) reused by sweep and report tests, since starting Ray costs seconds."""
 
 from pathlib import Path
 
@@ -15,6 +15,16 @@ SMOKE_GRID = {
              {"generator": ["forward_kl"], "train.lr": [1e12],
               "train.max_nonfinite_steps": [2], "train.generator_steps": [40]}],
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """Teachers, domain classifiers and statistics of the whole session go to a cache root of
+    its own (``DIBREGMAN_CACHE``, inherited by the Ray workers and subprocesses tests start):
+    tests never read or fill the user's ``~/.cache/dibregman``, and share what they build."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DIBREGMAN_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

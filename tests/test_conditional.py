@@ -16,14 +16,6 @@ from dibregman.presets import get_preset
 from dibregman.teachers import teacher_for
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Teachers, classifiers and statistics go to a cache of this module's own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DIBREGMAN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 def conditional_digits(**overrides):
     """digits-tiny with a class-conditional teacher trained just enough (150 steps) for its
     one-step denoiser to tell the classes apart."""
