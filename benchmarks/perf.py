@@ -5,7 +5,8 @@ Prints, from one process (ratios are measured side by side):
 1. teacher (EDM Heun, 35 network evaluations) vs distilled students (1 evaluation) on the same
    latents: samples/s of each, the speed-up, and the domain FD of each against the training
    set on ``--seed-sets`` latent sets (the minimum, as EDM's protocol, and the mean), and
-   Inception FID with ``--fid``;
+   Inception FID with ``--fid``; for a class-conditional teacher the samples are class-balanced
+   (sample ``i`` of class ``i mod C``) and the mean per-class domain FD on set 0 is added;
 2. the time of a Di-Bregman student step vs a plain DMD step (weight forced to 1);
 3. with ``--mfu`` (a GPU): the model FLOP utilisation of one distillation iteration of a
    preset: FLOPs counted with ``torch.utils.flop_counter`` over one iteration, divided by its
@@ -13,6 +14,7 @@ Prints, from one process (ratios are measured side by side):
    also with the config's ``compile`` on.
 
     python benchmarks/perf.py --preset digits --runs runs/digits-reverse_kl-s0 runs/digits-js-s0
+    python benchmarks/perf.py --preset digits --set image_teacher.class_conditional=true --runs RUN
     python benchmarks/perf.py --preset cifar10 --mfu --random-data --no-quality
 """
 
@@ -29,6 +31,7 @@ from dibregman.config import from_dict, with_overrides
 from dibregman.data import ImageDataset
 from dibregman.device import resolve_device
 from dibregman.distill import Distiller
+from dibregman.labels import evaluation_labels, one_hot
 from dibregman.presets import get_preset
 from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, CONFIG_FILE
 from dibregman.teachers import teacher_for
@@ -56,8 +59,7 @@ def random_teacher(cfg, device: torch.device) -> ImageTeacher:
     dataset's shape: enough to measure speed and FLOPs without the dataset."""
     shapes = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
     shape = shapes[cfg.image_teacher.dataset]
-    data = ImageDataset("random", torch.rand(4096, *shape) * 2 - 1,
-                        torch.zeros(4096, dtype=torch.long), 0)
+    data = ImageDataset("random", torch.rand(4096, *shape) * 2 - 1, torch.arange(4096) % 10, 10)
     return ImageTeacher(build_denoiser(cfg.image_teacher, data), data,
                         cfg.image_teacher).to(device)
 
@@ -79,10 +81,17 @@ def quality(args, cfg, teacher, device: torch.device) -> None:
     latent_sets = [torch.randn(n, *teacher.shape, generator=torch.Generator().manual_seed(seed))
                    .to(device) for seed in range(args.seed_sets)]
 
+    classes = teacher.num_classes
+    labels = evaluation_labels(n, classes) if classes else None
+    rows_y = None if labels is None else one_hot(labels, classes).to(device)
+    size = args.batch_size
+
     def sampler(model):
         def samples(latents):
             with torch.no_grad():
-                return torch.cat([model(b) for b in latents.split(args.batch_size)]).float().cpu()
+                return torch.cat([model(latents[i:i + size],
+                                        None if rows_y is None else rows_y[i:i + size])
+                                  for i in range(0, n, size)]).float().cpu()
         return samples
 
     models = [("teacher (Heun, 35 NFE)", sampler(teacher.sample_from), 1)]
@@ -101,23 +110,26 @@ def quality(args, cfg, teacher, device: torch.device) -> None:
         sets = [first] + [samples(latents) for latents in latent_sets[1:]]
         fds = [next(iter(evaluator.curve(x).values())) for x in sets]
         fid = evaluator.fid(first) if args.fid else None
-        rows.append((label, n / seconds, fds, fid))
+        per_class = evaluator.fd_per_class(first, labels) if classes else None
+        rows.append((label, n / seconds, fds, fid, per_class))
     teacher_speed, teacher_fds = rows[0][1], rows[0][2]
     k = args.seed_sets
 
     def mean(values):
         return sum(values) / len(values)
 
-    fid_header = " Inception FID (set 0) |" if args.fid else ""
+    extra_header = (" Inception FID (set 0) |" if args.fid else "") + \
+        (" per-class domain FD (set 0) |" if classes else "")
     print(f"\n| model | samples/s | speed-up | domain FD (n={n}) on seed sets 0-{k - 1} "
-          f"| min | mean | min / teacher's | mean / teacher's |{fid_header}")
-    print("|---|---|---|---|---|---|---|---|" + ("---|" if args.fid else ""))
-    for label, speed, fds, fid in rows:
+          f"| min | mean | min / teacher's | mean / teacher's |{extra_header}")
+    print("|---|---|---|---|---|---|---|---|" + "---|" * (bool(args.fid) + bool(classes)))
+    for label, speed, fds, fid, per_class in rows:
         per_set = ", ".join(f"{fd:.3f}" for fd in fds)
-        fid_cell = f" {fid:.3f} |" if args.fid else ""
+        extra = (f" {fid:.3f} |" if args.fid else "") + \
+            (f" {per_class:.3f} |" if classes else "")
         print(f"| {label} | {speed:.1f} | {speed / teacher_speed:.1f}x | {per_set} "
               f"| {min(fds):.4f} | {mean(fds):.4f} | {min(fds) / min(teacher_fds):.2f} "
-              f"| {mean(fds) / mean(teacher_fds):.2f} |{fid_cell}")
+              f"| {mean(fds) / mean(teacher_fds):.2f} |{extra}")
 
 
 def step_cost(cfg, teacher, device: torch.device, repeats: int) -> None:
