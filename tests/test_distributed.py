@@ -227,6 +227,35 @@ def test_bench_run_image_preset_on_two_processes(tmp_path):
     assert json.loads((out / "final_metrics.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow  # trains a tiny conditional teacher, then two runs: 60 s on 2 cores
+def test_a_class_conditional_run_on_two_processes_follows_one_process(tmp_path):
+    """Labels are drawn for the global batch and sharded like the latents: a conditional
+    digits run on two processes writes the records and per-class metrics of one process."""
+    sets = ["image_teacher.class_conditional=true", "train.generator_steps=4",
+            "train.fake_warmup_steps=2", "train.batch_size=20",
+            "train.critic_steps_per_generator_step=1", "train.regression_pairs=20",
+            "eval.every=2", "eval.n_curve=40", "eval.n_final=40", "eval.n_pr=40",
+            "eval.n_mmd=40", "log_every=2", "checkpoint_every=2"]
+    args = ["--preset", "digits-tiny", *[a for p in sets for a in ("--set", p)]]
+    env = {"DIBREGMAN_CACHE": str(tmp_path / "cache")}
+    one = bench_run([*args, "--out", str(tmp_path / "one")], tmp_path, env)
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = bench_run([*args, "--nproc-per-node", "2", "--out", str(tmp_path / "two")], tmp_path,
+                    env)
+    assert two.returncode == 0, two.stdout + two.stderr
+
+    def records(run_dir):
+        return [{k: v for k, v in json.loads(line).items() if k != ELAPSED}
+                for line in (run_dir / "metrics.jsonl").open()]
+
+    for a, b in zip(records(tmp_path / "two"), records(tmp_path / "one"), strict=True):
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-5)
+    finals = [json.loads((tmp_path / d / "final_metrics.json").read_text())["metrics"]
+              for d in ("one", "two")]
+    assert "class_accuracy_n40" in finals[0]
+    assert finals[1] == pytest.approx(finals[0], rel=1e-3, abs=1e-5)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "train.batch_size=65", "--nproc-per-node", "2"],
      "train.batch_size=65 is not divisible by the 2 processes"),
