@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -254,6 +255,36 @@ def test_a_class_conditional_run_on_two_processes_follows_one_process(tmp_path):
               for d in ("one", "two")]
     assert "class_accuracy_n40" in finals[0]
     assert finals[1] == pytest.approx(finals[0], rel=1e-3, abs=1e-5)
+
+
+@pytest.mark.slow  # 32x32 colour teacher and classifier trained first: about 2 min on 2 cores
+def test_bench_run_cifar10_preset_on_two_processes(tmp_path):
+    """`bench run --preset cifar10-tiny --nproc-per-node 2`: the cifar10 architecture (four
+    levels, 3x32x32) on gloo, class-conditional, over a folder of 32x32 colour images in two
+    class folders standing in for CIFAR-10 (which this offline machine cannot download)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, colour in (("red", 0), ("blue", 2)):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(24):
+            pixels = rng.integers(0, 80, (32, 32, 3), dtype=np.uint8)
+            pixels[8:24, 8:24, colour] = 255
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    sets = [f"image_teacher.dataset=folder:{tmp_path / 'images'}",
+            "image_teacher.class_conditional=true", "train.generator_steps=2",
+            "train.fake_warmup_steps=1", "train.batch_size=8",
+            "train.critic_steps_per_generator_step=1", "eval.every=2", "eval.n_curve=16",
+            "eval.n_final=16", "eval.n_pr=16", "eval.n_mmd=16", "log_every=2",
+            "checkpoint_every=2"]
+    out = tmp_path / "cifar"
+    done = bench_run(["--preset", "cifar10-tiny", *[a for p in sets for a in ("--set", p)],
+                      "--nproc-per-node", "2", "--out", str(out)], tmp_path,
+                     {"DIBREGMAN_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["status"] == "finished" and "class_accuracy_n16" in final["metrics"]
+    assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.parametrize(("args", "message"), [

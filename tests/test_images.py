@@ -20,14 +20,6 @@ from dibregman.teachers import teacher_for
 from dibregman.teachers.image import build_denoiser, load_teacher, train_teacher
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    """Teachers, classifiers and statistics go to a cache of this module's own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DIBREGMAN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 def tiny_digits(**overrides):
     return with_overrides(get_preset("digits-tiny"), overrides)
 

@@ -216,8 +216,6 @@ def test_missing_store_exits_2(tmp_path, monkeypatch):
 def test_image_sweep_report_has_image_columns_and_sample_grids(tmp_path):
     """A digits-tiny sweep: the table speaks of classifier FD and class coverage, and the
     samples chart is made of the runs' sample grids."""
-    import os
-
     import yaml
 
     from bench.spec import load_spec
@@ -228,13 +226,9 @@ def test_image_sweep_report_has_image_columns_and_sample_grids(tmp_path):
         "name": "digits_tiny", "preset": "digits-tiny", "metric": "fd_cls_n256",
         "grid": {"generator": ["reverse_kl", "pearson"]}, "seeds": [0]}, sort_keys=False))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    os.environ["DIBREGMAN_CACHE"] = str(tmp_path / "cache")
-    try:
-        summary = run_sweep(load_spec(spec_path), tracking_uri=uri, storage=tmp_path / "ray",
-                            num_cpus=2)
-        out = build_report("digits_tiny", uri, tmp_path / "report")
-    finally:
-        del os.environ["DIBREGMAN_CACHE"]
+    summary = run_sweep(load_spec(spec_path), tracking_uri=uri, storage=tmp_path / "ray",
+                        num_cpus=2)
+    out = build_report("digits_tiny", uri, tmp_path / "report")
     assert summary.counts["finished"] == 2
     text = (out / "README.md").read_text()
     assert "FD classifier (n=512)" in text and "class coverage" in text
