@@ -207,12 +207,16 @@ def test_missing_scheduler_subfolder_gives_checkpoint_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def rename_class(config_path, class_name: str) -> None:
+    """Rewrite the ``_class_name`` of a saved diffusers config."""
+    config = json.loads(config_path.read_text())
+    config["_class_name"] = class_name
+    config_path.write_text(json.dumps(config))
+
+
 def test_unknown_scheduler_gives_checkpoint_error_listing_supported(tmp_path):
     src = save_pipeline(tmp_path / "src", tiny_unet(), ddpm("epsilon"))
-    path = src / "scheduler" / "scheduler_config.json"
-    config = json.loads(path.read_text())
-    config["_class_name"] = "os.system"
-    path.write_text(json.dumps(config))
+    rename_class(src / "scheduler" / "scheduler_config.json", "os.system")
     with pytest.raises(CheckpointError, match=r"unsupported diffusers scheduler 'os.system'; "
                                               r"supported: DDPMScheduler, DDIMScheduler"):
         import_diffusers(src, tmp_path / "out")
@@ -221,10 +225,7 @@ def test_unknown_scheduler_gives_checkpoint_error_listing_supported(tmp_path):
 
 def test_not_a_unet2dmodel_gives_checkpoint_error(tmp_path):
     src = save_pipeline(tmp_path / "src", tiny_unet(), ddpm("epsilon"))
-    path = src / "unet" / "config.json"
-    config = json.loads(path.read_text())
-    config["_class_name"] = "UNet2DConditionModel"
-    path.write_text(json.dumps(config))
+    rename_class(src / "unet" / "config.json", "UNet2DConditionModel")
     with pytest.raises(CheckpointError, match="expected a UNet2DModel, found UNet2DCondition"):
         import_diffusers(src, tmp_path / "out")
 
