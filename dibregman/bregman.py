@@ -63,7 +63,10 @@ class BregmanGenerator:
         h_second: ``h''(r)`` (``> 0`` on ``(0, ratio_max]``).
         weight: ``w(r) = h''(r) r`` in closed, fp32-safe form.
         ratio_max: upper end of the domain ``(0, ratio_max]`` on which ``h`` is convex and used;
-            ``math.inf`` except for ``log_squared`` (``e``). Callers must clip ``r`` to it.
+            ``math.inf`` except for ``log_squared`` (``e``). Callers must clip ``r`` to it. A
+            finite end is where ``h''`` reaches 0, so the weight there is exactly 0; callers
+            decide that on ``r`` itself (``r >= ratio_max``), never on the closed form, whose
+            last bit follows libm (float32 ``log(e)`` is 1 or 0.99999994).
         description: one line naming the divergence it gives.
     """
 

@@ -35,10 +35,6 @@ from dibregman.members import member_means
 # A fitting loss per pair of samples (teacher side, student side): its batch mean is the loss.
 RatioLoss = Callable[[Tensor, Tensor], Tensor]
 
-# Added to the batch mean that normalises the weights (docs/method.md §5).
-WEIGHT_EPS = 1e-8
-
-
 def classifier_loss(log_r_teacher: Tensor, log_r_student: Tensor) -> Tensor:
     """Logistic loss with the teacher side positive; logit ``= -log r``: per pair
     ``softplus(log r_p) + softplus(-log r_q)``. Inputs ``(B,)``, output ``(B,)``."""
@@ -153,9 +149,11 @@ class RatioEstimator(nn.Module):
         sample cannot inflate its bin's factor (f-distill's order); per-bin
         self-normalisation ``r <- r * m_bin`` with ``m_bin`` the (EMA) mean of ``1/r`` over
         student samples in the bin, since ``E_q[1/r] = E_q[p/q] = 1``; clip to ``h``'s convex
-        domain ``(0, ratio_max]``; ``w = h.weight(r)``; divide by the member's batch mean
-        ``+ WEIGHT_EPS``. A batch whose weights are all zero (``log_squared`` with every
-        ``r >= e``) thus gives ``w = 0``: no distribution-matching step, rather than ``0 / 0``.
+        domain ``(0, ratio_max]``; ``w = h.weight(r)``, exactly 0 at a finite domain end
+        (``BregmanGenerator.ratio_max``); divide by the member's batch mean. The
+        weights are never negative, so a zero mean means every weight is zero (``log_squared``
+        with every ``r >= e``): such a batch keeps ``w = 0``, no distribution-matching step,
+        rather than ``0 / 0``; any positive mean, however small, is divided by exactly.
 
         Data-parallel (:mod:`dibregman.distributed`, one member): ``x`` is this rank's shard,
         and the bin statistics, the batch mean and the diagnostics are those of the global
@@ -185,7 +183,7 @@ class RatioEstimator(nn.Module):
             ratio = ratio * self.bin_mean_inv_ratio.gather(1, bins)
         clipped |= ratio > h.ratio_max
         ratio = ratio.clamp(max=h.ratio_max)
-        weight = h.weight(ratio)
+        weight = torch.where(ratio < h.ratio_max, h.weight(ratio), 0.0)
         # The global batch's rows of every rank (this batch itself in one process).
         every = distributed.all_gather(torch.stack([weight, ratio, clipped.float()]), dim=2)
         weight_all, ratio_all, clipped_all = every[0], every[1], every[2]
@@ -197,7 +195,8 @@ class RatioEstimator(nn.Module):
                  "ratio_q95", "ratio_clipped_fraction")
         diagnostics = [dict(zip(names, row, strict=True)) for row in table]
         if cfg.weight_normalize:
-            weight = weight / (weight_all.mean(dim=1, keepdim=True) + WEIGHT_EPS)
+            mean = weight_all.mean(dim=1, keepdim=True)
+            weight = weight / torch.where(mean > 0, mean, 1.0)
         return weight.reshape(-1), diagnostics
 
     def _update_bins(self, bins: Tensor, inv_ratio: Tensor) -> None:

@@ -133,11 +133,22 @@ def test_ratio_is_clipped_before_the_bin_normalisation():
 
 def test_all_zero_weights_make_no_step_instead_of_nan():
     """log_squared has w = (1 - log r) / r = 0 at its domain's end r = e: a batch with every
-    r >= e has all-zero weights, and the batch-mean division must not give 0 / 0."""
+    r >= e has all-zero weights, and the batch-mean division must not give 0 / 0. The zero is
+    decided on r against the bound, never on float32 log(e) (1 or 0.99999994 by libm)."""
     est = pipeline(torch.full((8,), 3.0), bin_normalize=False)
     weight, diag = est.weights(get_generator("log_squared"), torch.zeros(8, 2), torch.ones(8))
     assert torch.equal(weight, torch.zeros(8))
     assert diag[0]["ratio_clipped_fraction"] == 1.0
+
+
+def test_tiny_positive_weights_are_normalised_to_mean_one():
+    """Weights of 1e-6 (log_squared just below e) are still weights: the batch-mean division
+    scales them to mean 1, with no absolute epsilon to distort a small mean."""
+    log_r = torch.full((8,), math.log(math.e * (1 - 1e-6)))
+    est = pipeline(log_r, bin_normalize=False)
+    weight, diag = est.weights(get_generator("log_squared"), torch.zeros(8, 2), torch.ones(8))
+    assert 0 < diag[0]["weight_max"] < 1e-4
+    torch.testing.assert_close(weight, torch.ones(8), rtol=1e-5, atol=0)
 
 
 def test_log_squared_is_clipped_to_its_convex_domain():
