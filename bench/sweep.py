@@ -24,7 +24,6 @@ be shared by every node).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -55,7 +54,13 @@ from dibregman.config import Config, from_dict, to_dict, with_overrides
 from dibregman.distributed import DEFAULT_TIMEOUT
 from dibregman.evaluate import curve_metrics
 from dibregman.results import Status
-from dibregman.run import CHECKPOINT_DIR, CHECKPOINT_FILE, METRICS_FILE, run_seed_batch
+from dibregman.run import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    read_jsonl,
+    run_seed_batch,
+)
 from dibregman.teachers import ImageTeacher, teacher_entry
 
 MAX_FAILURES = 2
@@ -229,15 +234,9 @@ def stage_checkpoints(stage: Path, seeds: list[int], run_dirs: list[Path]) -> Pa
 
 def last_values(metrics_file: Path, keys: set[str]) -> dict[str, Any]:
     """The last value of each of ``keys`` in a run's ``metrics.jsonl`` (empty if the file does
-    not exist; a line a kill cut short is skipped)."""
+    not exist; read by :func:`dibregman.run.read_jsonl`)."""
     values: dict[str, Any] = {}
-    if not metrics_file.exists():
-        return values
-    for line in metrics_file.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in read_jsonl(metrics_file):
         values.update({k: v for k, v in record.items() if k in keys})
     return values
 

@@ -39,8 +39,10 @@ from dibregman.run import (
     FINAL_FILE,
     METRICS_FILE,
     PROVENANCE_FILE,
+    RATIO_CHECK_FILE,
     SAMPLES_FILE,
     git_revision,
+    read_jsonl,
 )
 
 DEFAULT_STORE = "mlflow.db"
@@ -326,8 +328,6 @@ class SweepTracker(Callback):
         it; the resumed run continues after its checkpoint and never reports it again. The
         file is the run's own record, so the gap is filled from it.
         """
-        if not metrics_file.exists():
-            return
         # Steps whose record reached MLflow: the final record also logs ELAPSED, at the last
         # step, so past step 0 a step counts as logged only by a key of step records alone;
         # a record filled in at that step leaves the final's ELAPSED the latest value.
@@ -336,11 +336,7 @@ class SweepTracker(Callback):
         logged |= {0} & elapsed_steps
         now = int(time.time() * 1000)
         missing = []
-        for line in metrics_file.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the last line of a run killed mid-write
-                continue
+        for record in read_jsonl(metrics_file):
             if record["step"] not in logged:
                 missing += [m for m in _finite_metrics(record, record["step"], now)
                             if m.key != ELAPSED or record["step"] not in elapsed_steps]
@@ -364,7 +360,8 @@ class SweepTracker(Callback):
         """Attach an ended run's files and close its child run FINISHED."""
         run_dir = trial_run_dir(self.experiment_path, trial.trial_id, seed)
         self._backfill(run_id, run_dir / METRICS_FILE)
-        for name in (CONFIG_FILE, PROVENANCE_FILE, FINAL_FILE, METRICS_FILE, SAMPLES_FILE):
+        for name in (CONFIG_FILE, PROVENANCE_FILE, FINAL_FILE, METRICS_FILE, RATIO_CHECK_FILE,
+                     SAMPLES_FILE):
             if (run_dir / name).exists():
                 self.client.log_artifact(run_id, str(run_dir / name))
         self.client.set_terminated(run_id, "FINISHED")

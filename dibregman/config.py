@@ -125,6 +125,8 @@ class RatioConfig:
             and f-distill do; for an analytic mixture its exact samples) or ``teacher`` (the
             teacher's own samples: the Di-Bregman definition of ``p_sigma``; 35 network
             evaluations per sample for an image teacher).
+        oracle_samples: the ``oracle`` estimator's fresh student samples per student step, the
+            centres of its KDE of the student (:func:`dibregman.density.kde_log_ratio`).
     """
 
     estimator: str = "classifier"
@@ -136,19 +138,34 @@ class RatioConfig:
     bin_ema: float = 0.9
     weight_normalize: bool = True
     teacher_side: str = "data"
+    oracle_samples: int = 2048
 
 
 @dataclass(frozen=True)
 class NetConfig:
-    """MLP sizes for the student, the fake score and the ratio network (vector data), and the
-    student's random Fourier features of its latent (``fourier_features`` frequencies drawn
-    ``N(0, fourier_scale^2)``; 0: the plain MLP), which let it map a low-dimensional latent onto
-    well-separated modes (Tancik et al. 2020, arXiv 2006.10739)."""
+    """MLP sizes for the student, the fake score and the ratio network (vector data), and
+    random Fourier features (Tancik et al. 2020, arXiv 2006.10739;
+    :class:`dibregman.networks.FourierFeatures`: ``m`` frequencies, projections of standard
+    deviation ``scale`` for unit-scale inputs in any dimension; ``m = 0``: the plain MLP).
+
+    Attributes:
+        hidden, depth: every MLP's width and number of hidden layers.
+        fourier_features, fourier_scale: the student's features of its latent, which let it
+            map a low-dimensional latent onto well-separated modes.
+        ratio_fourier_features, ratio_fourier_scale: the ratio network's features of its
+            (``c_in``-scaled) input. Without them its MLP learns the ratio's edges around the
+            modes too slowly to follow a moving student: on ``gmm2d`` at ``sigma <= 0.3`` its
+            accuracy stayed at 0.49-0.64 while the true ratio's rule reached 0.67-0.88, and
+            its log-ratio correlated with the truth at 0.06-0.23 (``benchmarks/ratio.py``,
+            docs/ratio.md). Scale 5 tracked the truth on the 2-D ring and grid and in 16-D.
+    """
 
     hidden: int = 128
     depth: int = 3
     fourier_features: int = 0
     fourier_scale: float = 1.0
+    ratio_fourier_features: int = 64
+    ratio_fourier_scale: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,8 @@ class TrainConfig:
         lr, betas, weight_decay: AdamW for all three networks.
         fake_lr_scale: the fake score's learning rate is ``lr`` times this: a second
             time-scale besides the critic steps, so the fake score keeps up with the student.
+        ratio_lr_scale: the ratio network's learning rate is ``lr`` times this, so the ratio
+            estimate keeps up with the student too.
         grad_clip: max gradient norm of the student.
         ema_decay: EMA of the student used for evaluation; the decay ramps up as
             ``min(ema_decay, t / (t + 1))`` so the initial weights never linger in it.
@@ -188,6 +207,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     fake_lr_scale: float = 1.0
+    ratio_lr_scale: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     grad_clip: float = 10.0
@@ -221,6 +241,11 @@ class EvalConfig:
             run is measured on the same reference set).
         fid_n: image teachers: samples for Inception FID (clean-fid "clean" mode) against the
             training set; 0 skips it (Inception on a CPU is slow).
+        ratio_check_n: teachers with an exact density: live-student samples for the KDE of the
+            live ratio check at every evaluation (:mod:`dibregman.ratio_check`), which checks
+            a quarter as many points of each side (student and teacher) at every level; 0
+            skips it. Per run the numbers are noisy (250 points a side: accuracy within about
+            +-0.03); the report averages them over seeds.
     """
 
     every: int = 50
@@ -231,6 +256,7 @@ class EvalConfig:
     n_mmd: int = 2000
     seed: int = 1234
     fid_n: int = 0
+    ratio_check_n: int = 1000
 
 
 @dataclass(frozen=True)

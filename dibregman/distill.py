@@ -51,6 +51,7 @@ from torch import Tensor
 from dibregman import distributed
 from dibregman.bregman import get_generator
 from dibregman.config import Config
+from dibregman.density import kde_log_ratio, loo_bandwidth
 from dibregman.device import adamw, autocast, prepare_modules, resolve_device
 from dibregman.labels import balanced_labels, evaluation_labels, one_hot
 from dibregman.losses import distribution_matching, dsm_loss, gan_generator_loss, regression_loss
@@ -68,6 +69,7 @@ from dibregman.members import (
 from dibregman.networks import ema_update
 from dibregman.noise import expand_sigma, karras_sigmas, sample_sigmas
 from dibregman.ratio import RatioEstimator
+from dibregman.ratio_check import LogRatioFn
 from dibregman.results import STEP_RECORD_KEY, Status
 from dibregman.students import build_networks, regression_pairs
 from dibregman.teachers import Teacher
@@ -180,7 +182,7 @@ class Distiller:
         opt = {"betas": train.betas, "weight_decay": train.weight_decay, "device": self.device}
         self.opt_student = adamw(self.student, train.lr, **opt)
         self.opt_fake = adamw(self.fake, train.lr * train.fake_lr_scale, **opt)
-        self.opt_ratio = adamw(self.ratio, train.lr, **opt)
+        self.opt_ratio = adamw(self.ratio, train.lr * train.ratio_lr_scale, **opt)
         self.sigma_grid = karras_sigmas(
             train.sigma_grid_size, train.sigma_min, train.sigma_max, train.rho
         ).to(self.device)
@@ -238,10 +240,11 @@ class Distiller:
         return evaluation_labels(n, self.num_classes) if self.num_classes else None
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int, member: int = 0, batch_size: int = 1024) -> Tensor:
-        """``n`` samples of member ``member``'s EMA student from latents fixed by ``seed``,
-        ``(n, *shape)``; of the classes :meth:`sample_labels` gives for a class-conditional
-        teacher.
+    def sample(self, n: int, seed: int, member: int = 0, batch_size: int = 1024,
+               ema: bool = True) -> Tensor:
+        """``n`` samples of member ``member``'s EMA student (the live student with
+        ``ema=False``) from latents fixed by ``seed``, ``(n, *shape)``; of the classes
+        :meth:`sample_labels` gives for a class-conditional teacher.
 
         All ``n`` latents are drawn first (on the CPU), so sample ``i`` is the same at any
         batch size and on any device.
@@ -249,7 +252,7 @@ class Distiller:
         latents = torch.randn(n, *self.teacher.shape, generator=torch.Generator().manual_seed(seed))
         labels = self.sample_labels(n)
         y = None if labels is None else one_hot(labels, self.num_classes).to(self.device)
-        student = member_module(self.student_ema, member)
+        student = member_module(self.student_ema if ema else self.student, member)
         with self.autocast:
             return torch.cat([
                 student(latents[i:i + batch_size].to(self.device),
@@ -271,15 +274,60 @@ class Distiller:
             denoised = self.fake(noised, sigma, labels).float()
         fake_loss = member_means(dsm_loss(denoised, x_student, sigma, self.teacher.sigma_data), k)
         teacher_noised = self._noised(x_teacher, sigma)
-        with self.autocast:
-            ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma, labels)
         frozen = self._frozen()
         stepped = apply_update(fake_loss, self.opt_fake, self.fake, math.inf, frozen)
-        stepped &= apply_update(ratio_loss, self.opt_ratio, self.ratio, math.inf, frozen)
+        values = {"loss_fake_dsm": fake_loss.detach()}
+        if self.ratio.fitted:
+            with self.autocast:
+                ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma, labels)
+            stepped &= apply_update(ratio_loss, self.opt_ratio, self.ratio, math.inf, frozen)
+            values.update(loss_ratio=ratio_loss.detach(), ratio_accuracy=accuracy)
         self._count_nonfinite(stepped)
-        columns = distributed.all_reduce_mean(
-            torch.stack([fake_loss.detach(), ratio_loss.detach(), accuracy])).T.tolist()
-        return [{"loss_fake_dsm": a, "loss_ratio": b, "ratio_accuracy": c} for a, b, c in columns]
+        columns = distributed.all_reduce_mean(torch.stack(list(values.values()))).T.tolist()
+        return [dict(zip(values, row, strict=True)) for row in columns]
+
+    @torch.no_grad()
+    def _oracle_log_ratio(self, x: Tensor, sigma: Tensor, member: int,
+                          rng: torch.Generator) -> Tensor:
+        """The ``oracle`` estimator's ``log r`` at member ``member``'s rows ``x: (B, d)``,
+        ``sigma: (B,)``: the teacher's exact noised density against a KDE of
+        ``ratio.oracle_samples`` fresh samples of the live student drawn from ``rng``
+        (:func:`dibregman.density.kde_log_ratio`, bandwidth by leave-one-out likelihood)."""
+        n = self.cfg.ratio.oracle_samples
+        latents = torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
+        with self.autocast:
+            student = member_module(self.student, member)(latents).float()
+        return kde_log_ratio(x, sigma, student, loo_bandwidth(student),
+                             self.teacher.log_prob).float()
+
+    def _log_ratio(self, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
+        """``log r`` at the member-major rows ``x: (K B, *shape)``: the ratio network's, or,
+        for the oracle, each member's from its own random stream (every rank of a
+        data-parallel run draws the same KDE sample: its rows differ, the truth does not)."""
+        if self.ratio.fitted:
+            return self.ratio.log_ratio(x, sigma, labels)
+        rows = len(x) // self.members
+        return torch.cat([self._oracle_log_ratio(x[k * rows:(k + 1) * rows],
+                                                 sigma[k * rows:(k + 1) * rows], k, rng)
+                          for k, rng in enumerate(self.rngs)])
+
+    def member_log_ratio(self, member: int, seed: int) -> LogRatioFn:
+        """Member ``member``'s ratio estimate as a function of ``(x: (M, *shape), sigma:
+        (M,))`` (unconditional), for the live ratio check: its network's clamped ``log r``, or
+        the oracle's with a KDE sample drawn from ``torch.Generator(seed)``, so that checking
+        never moves the training's random streams."""
+        if self.ratio.fitted:
+            network = member_module(self.ratio.network, member)
+            clamp = self.cfg.ratio.log_ratio_clamp
+
+            @torch.no_grad()
+            def estimate(x: Tensor, sigma: Tensor) -> Tensor:
+                log_r = network(x.to(self.device), sigma.to(self.device)).float()
+                return log_r.clamp(-clamp, clamp).cpu()
+
+            return estimate
+        return lambda x, sigma: self._oracle_log_ratio(
+            x, sigma, member, torch.Generator().manual_seed(seed)).cpu()
 
     def student_step(self) -> list[dict[str, float]]:
         """One weighted distribution-matching update of the student (docs/method.md §3);
@@ -297,7 +345,8 @@ class Distiller:
             denoised_teacher = self.teacher.denoise(x_s, sigma, labels).float()
             denoised_fake = self.fake(x_s, sigma, labels).float()
             if not train.force_unit_weight:
-                weight, diagnostics = self.ratio.weights(self.h, x_s, sigma, labels)
+                weight, diagnostics = self.ratio.weights(
+                    self.h, self._log_ratio(x_s, sigma, labels), sigma)
         per_sample, step = distribution_matching(x, denoised_teacher, denoised_fake, weight)
         loss_dm = member_means(per_sample, k)
         loss, extra = loss_dm, {}

@@ -35,7 +35,8 @@ def mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequ
 
 
 def init_parameters(module: nn.Module, rng: torch.Generator, zero_last: bool = False) -> None:
-    """Seeded re-initialisation of every ``nn.Linear`` and ``nn.Conv2d`` (PyTorch's scheme).
+    """Seeded re-initialisation of every ``nn.Linear`` and ``nn.Conv2d`` (PyTorch's scheme),
+    then of every :class:`FourierFeatures`' frequencies.
 
     The engine touches no global RNG: this replaces the default initialisation with the same
     distribution drawn from ``rng``. ``zero_last`` zeroes the final layer so that a
@@ -54,6 +55,8 @@ def init_parameters(module: nn.Module, rng: torch.Generator, zero_last: bool = F
             layers[-1].weight.zero_()
             if layers[-1].bias is not None:
                 layers[-1].bias.zero_()
+    for features in (m for m in module.modules() if isinstance(m, FourierFeatures)):
+        features.reset(rng)
 
 
 @torch.no_grad()
@@ -104,22 +107,65 @@ class LabelEmbedding(nn.Module):
         return self.linear(labels.to(self.linear.weight.dtype))
 
 
+class FourierFeatures(nn.Module):
+    """Random Fourier features ``phi(x) = [x, sin(x B), cos(x B)]`` (Tancik et al. 2020,
+    arXiv 2006.10739): ``(N, d) -> (N, d + 2 m)``.
+
+    An MLP on ``x`` alone learns steep functions slowly (its spectral bias): a student's jumps
+    between well-separated modes, a ratio's edges around them. ``B: (d, m)`` has
+    ``N(0, scale^2 / d)`` entries, so for inputs of unit scale per coordinate every projection
+    ``x . b`` has standard deviation ``scale`` whatever ``d``; it is a buffer (checkpoints carry
+    it) drawn by :func:`init_parameters`. ``m = 0`` gives ``phi(x) = x``.
+
+    Args:
+        dim: ``d``.
+        count: ``m``.
+        scale: the projections' standard deviation for unit-scale inputs.
+    """
+
+    def __init__(self, dim: int, count: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.register_buffer("frequencies", torch.zeros(dim, count))
+
+    @property
+    def out_features(self) -> int:
+        return self.frequencies.shape[0] + 2 * self.frequencies.shape[1]
+
+    def reset(self, rng: torch.Generator) -> None:
+        """Draw ``B`` from ``rng`` (nothing to draw when ``m = 0``)."""
+        dim, count = self.frequencies.shape
+        if count:
+            self.frequencies.copy_(self.scale / math.sqrt(dim) * torch.randn(
+                dim, count, generator=rng).to(self.frequencies.device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.frequencies.shape[1]:
+            return x
+        angles = x @ self.frequencies
+        return torch.cat([x, angles.sin(), angles.cos()], dim=1)
+
+
 class MLPNet(nn.Module):
-    """``F(x_in, c_noise)`` for vectors: an MLP on the input and a noise-level embedding
-    (unconditional: ``labels`` must be None).
+    """``F(x_in, c_noise)`` for vectors: an MLP on Fourier features of the input
+    (:class:`FourierFeatures`; none by default) and a noise-level embedding (unconditional:
+    ``labels`` must be None).
 
     ``x_in: (B, d)``, ``c_noise: (B,)`` -> ``(B, out_features)``.
     """
 
-    def __init__(self, dim: int, out_features: int, hidden: int, depth: int) -> None:
+    def __init__(self, dim: int, out_features: int, hidden: int, depth: int,
+                 fourier_features: int = 0, fourier_scale: float = 1.0) -> None:
         super().__init__()
         self.embedding = NoiseEmbedding()
-        self.net = mlp(dim + 2 * len(self.embedding.frequencies), out_features, hidden, depth)
+        self.features = FourierFeatures(dim, fourier_features, fourier_scale)
+        self.net = mlp(self.features.out_features + 2 * len(self.embedding.frequencies),
+                       out_features, hidden, depth)
 
     def forward(self, x_in: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         if labels is not None:
             raise ValueError("MLPNet is unconditional; call it without labels")
-        return self.net(torch.cat([x_in, self.embedding(c_noise)], dim=1))
+        return self.net(torch.cat([self.features(x_in), self.embedding(c_noise)], dim=1))
 
 
 class GroupNorm(nn.GroupNorm):
@@ -300,41 +346,30 @@ class OneStepGenerator(nn.Module):
     """The vector student ``G(z) = sd * (z + MLP(phi(z)))`` for ``z ~ N(0, I_d)``.
 
     A residual map scaled to the data, so step 0 already has the data's scale and the MLP
-    learns the transport. ``phi(z) = z`` or, with ``fourier_features = m > 0``, the random
-    Fourier features ``[z, sin(z B), cos(z B)]`` with a fixed ``B: (d, m)`` of ``N(0, s^2)``
-    entries (Tancik et al. 2020): an MLP on ``z`` alone learns the steep transitions between
-    well-separated modes slowly (its spectral bias), so mass stays between them.
+    learns the transport. ``phi`` is :class:`FourierFeatures` of the latent (``phi(z) = z``
+    with ``fourier_features = 0``): an MLP on ``z`` alone learns the steep transitions between
+    well-separated modes slowly, so mass stays between them.
 
     Args:
         dim: ``d``.
         hidden, depth: the MLP's width and number of hidden layers.
         sigma_data: the data scale ``sd``.
         fourier_features: ``m`` (0: ``phi(z) = z``).
-        fourier_scale: ``s``; ``B`` is drawn by :func:`init_parameters`'s generator.
+        fourier_scale: the projections' scale; ``B`` is drawn by :func:`init_parameters`.
     """
 
     def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float,
                  fourier_features: int = 0, fourier_scale: float = 1.0) -> None:
         super().__init__()
         self.sigma_data = sigma_data
-        self.fourier_scale = fourier_scale
-        self.register_buffer("frequencies", torch.zeros(dim, fourier_features))
-        self.net = mlp(dim + 2 * fourier_features, dim, hidden, depth)
-
-    def reset_frequencies(self, rng: torch.Generator) -> None:
-        """Draw ``B`` from ``rng`` (a buffer: checkpoints carry it)."""
-        self.frequencies.copy_(self.fourier_scale * torch.randn(
-            self.frequencies.shape, generator=rng).to(self.frequencies.device))
+        self.features = FourierFeatures(dim, fourier_features, fourier_scale)
+        self.net = mlp(self.features.out_features, dim, hidden, depth)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """``z: (B, d)`` -> ``(B, d)`` (unconditional: ``labels`` must be None)."""
         if labels is not None:
             raise ValueError("OneStepGenerator is unconditional; call it without labels")
-        features = z
-        if self.frequencies.shape[1]:
-            angles = z @ self.frequencies
-            features = torch.cat([z, angles.sin(), angles.cos()], dim=1)
-        return self.sigma_data * (z + self.net(features))
+        return self.sigma_data * (z + self.net(self.features(z)))
 
 
 class DenoiserStudent(nn.Module):

@@ -10,6 +10,7 @@ teacher. Every preset but ``cifar10-edm`` (an imported network cannot be shrunk)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dibregman.config import (
@@ -37,6 +38,7 @@ _TINY_RUN: dict[str, Any] = {
     "eval.n_pr": 256,
     "eval.n_mmd": 256,
     "eval.fid_n": 0,
+    "eval.ratio_check_n": 128,
     "log_every": 2,
     "checkpoint_every": 3,
     "device": "cpu",
@@ -94,15 +96,19 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
     # One critic step per student step was 20 % faster but left modes uncovered (7.7 of 8 over
     # 10 seeds); 50 warm-up steps instead of 100 and MMD on 1000 samples instead of 2000 cost
     # nothing measurable (off-mode share 0.069 vs 0.066, precision 0.898 vs 0.896) and 15 % of
-    # the time (reverse KL, seeds 0-9 as one seed batch).
+    # the time (reverse KL, seeds 0-9 as one seed batch). The ratio network learns at 3x the
+    # rate (train.ratio_lr_scale) on 64 Fourier features of its input (NetConfig's default):
+    # its accuracy then stays within about 0.035 of the true ratio's rule on average at
+    # sigma <= 1 (benchmarks/ratio.py and the live check, docs/ratio.md).
     "gmm2d": (Config(
         preset="gmm2d",
         teacher="mixture",
         mixture=MixtureConfig(layout="ring", modes=8, dim=2, std=0.2, scale=2.0,
                               weights=(0.4, 0.2, 0.12, 0.1, 0.08, 0.05, 0.04, 0.01)),
-        net=NetConfig(hidden=64, depth=3, fourier_features=64, fourier_scale=2.0),
+        net=NetConfig(hidden=64, depth=3, fourier_features=64,
+                      fourier_scale=2.0 * math.sqrt(2)),
         train=TrainConfig(generator_steps=400, critic_steps_per_generator_step=2,
-                          fake_warmup_steps=50, batch_size=128),
+                          fake_warmup_steps=50, batch_size=128, ratio_lr_scale=3.0),
         eval=EvalConfig(n_mmd=1000),
     ), _TINY_MLP),
     # The 5x5 grid of equal modes (std 0.05, spacing 1): a one-step map must jump between 25
@@ -115,10 +121,11 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         preset="gmm2d-grid",
         teacher="mixture",
         mixture=MixtureConfig(layout="grid", modes=25, dim=2, std=0.05, scale=1.0),
-        net=NetConfig(hidden=128, depth=3, fourier_features=128, fourier_scale=12.0),
+        net=NetConfig(hidden=128, depth=3, fourier_features=128,
+                      fourier_scale=12.0 * math.sqrt(2)),
         train=TrainConfig(generator_steps=3000, critic_steps_per_generator_step=2,
                           fake_warmup_steps=50, batch_size=128, regression_weight=100.0,
-                          regression_pairs=32768),
+                          regression_pairs=32768, ratio_lr_scale=3.0),
         eval=EvalConfig(n_mmd=1000),
     ), _TINY_MLP),
     "gmm16d": (Config(
@@ -128,7 +135,8 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         mixture=MixtureConfig(layout="random", modes=10, dim=16, std=0.25, scale=2.0,
                               weight_decay=0.75, seed=0),
         net=NetConfig(hidden=256, depth=3),
-        train=TrainConfig(generator_steps=900, critic_steps_per_generator_step=3),
+        train=TrainConfig(generator_steps=900, critic_steps_per_generator_step=3,
+                          ratio_lr_scale=3.0),
     ), _TINY_MLP),
     # Image teachers: students and fake scores start from the teacher (DMD2), lr 1e-4 for all
     # three networks (f-distill at CIFAR scale), EDM's noise range, sigma_init 80.

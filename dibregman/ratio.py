@@ -13,6 +13,10 @@ Estimators (Sugiyama, Suzuki & Kanamori 2012, Bregman ratio fitting with ``r`` o
   ``E_p[softplus(log r)] + E_q[softplus(-log r)]`` (binary cross-entropy, teacher positive).
 * ``ulsif``: ``h = (r - 1)^2 / 2`` gives ``E_p[r^2] / 2 - E_q[r]`` (least-squares fitting).
 * ``kliep``: ``h = r log r - r`` gives ``E_p[r] - E_q[log r]`` (a KLIEP-type loss).
+* ``oracle``: no fitting; the true ratio as far as it can be computed, for teachers with an
+  exact density: the teacher's noised density against a KDE of fresh student samples
+  (:func:`dibregman.density.kde_log_ratio`), the ceiling of how much ``h`` can matter on a task.
+  The Distiller computes it (it holds the student); this module only knows it is not fitted.
 
 ``log r`` is clamped to ``[-log_ratio_clamp, log_ratio_clamp]`` inside every loss, which also
 clips the ratio from above (deep direct ratio fitting over-fits; Kato & Teshima 2021).
@@ -53,10 +57,13 @@ def kliep_loss(log_r_teacher: Tensor, log_r_student: Tensor) -> Tensor:
     return log_r_teacher.exp() - log_r_student
 
 
-ESTIMATORS: dict[str, RatioLoss] = {
+ORACLE = "oracle"
+# The fitting loss of each estimator; None: not fitted (the oracle).
+ESTIMATORS: dict[str, RatioLoss | None] = {
     "classifier": classifier_loss,
     "ulsif": ulsif_loss,
     "kliep": kliep_loss,
+    ORACLE: None,
 }
 
 
@@ -65,8 +72,14 @@ def estimator_names() -> list[str]:
     return sorted(ESTIMATORS)
 
 
-def get_estimator(name: str) -> RatioLoss:
-    """The loss of a named estimator; an unknown name raises ``ValueError`` listing valid ones."""
+def fitted_estimator_names() -> list[str]:
+    """Sorted names of the estimators that fit a ratio network (all but the oracle)."""
+    return sorted(name for name, loss in ESTIMATORS.items() if loss is not None)
+
+
+def get_estimator(name: str) -> RatioLoss | None:
+    """The loss of a named estimator (None for the oracle); an unknown name raises
+    ``ValueError`` listing valid ones."""
     try:
         return ESTIMATORS[name]
     except KeyError:
@@ -77,6 +90,9 @@ def get_estimator(name: str) -> RatioLoss:
 
 class RatioEstimator(nn.Module):
     """A network ``(x_sigma, sigma) -> log r``, its fitting loss, and the weight pipeline.
+
+    With the ``oracle`` estimator the network is kept (checkpoints have one shape) but never
+    fitted: ``fitted`` is False and the weights are read off log-ratios computed elsewhere.
 
     The per-noise-bin means of ``1/r`` live in a buffer, so checkpoints carry them. With a seed
     batch (:mod:`dibregman.members`) every member has its own bins; batches are member-major,
@@ -99,6 +115,7 @@ class RatioEstimator(nn.Module):
         self.cfg = cfg
         self.members = members
         self.fit_loss = get_estimator(cfg.estimator)
+        self.fitted = self.fit_loss is not None
         self.log_sigma_min = math.log(sigma_min)
         self.log_sigma_max = math.log(sigma_max)
         self.register_buffer("bin_mean_inv_ratio", torch.ones(members, cfg.noise_bins))
@@ -124,6 +141,8 @@ class RatioEstimator(nn.Module):
             Each member's loss ``(K,)``, and each member's accuracy of the sign rule
             "``log r < 0`` means teacher" ``(K,)``.
         """
+        if self.fit_loss is None:
+            raise ValueError(f"the {self.cfg.estimator} ratio estimator is not fitted")
         log_r_teacher = self.log_ratio(x_teacher, sigma, labels)
         log_r_student = self.log_ratio(x_student, sigma, labels)
         with torch.no_grad():
@@ -139,10 +158,10 @@ class RatioEstimator(nn.Module):
 
     @torch.no_grad()
     def weights(
-        self, h: BregmanGenerator, x: Tensor, sigma: Tensor, labels: Tensor | None = None,
-        update: bool = True,
+        self, h: BregmanGenerator, log_r: Tensor, sigma: Tensor, update: bool = True,
     ) -> tuple[Tensor, list[dict[str, float]]]:
-        """Per-sample Di-Bregman weights ``w = h''(r) r`` at noised student samples.
+        """Per-sample Di-Bregman weights ``w = h''(r) r`` from log-ratios at noised student
+        samples (:meth:`log_ratio` of the network, or the oracle's).
 
         Steps (all fp32, docs/method.md §5), each member on its own rows: clamp ``log r``; clip
         ``r`` to ``[clip_min, clip_max]`` *before* normalising, so that one over-confident
@@ -162,9 +181,9 @@ class RatioEstimator(nn.Module):
 
         Args:
             h: the Bregman generator.
-            x: ``(K B, d)`` noised student samples, the same ``x_s`` as the score difference.
+            log_r: ``(K B,)`` ``log r`` at the noised student samples, the same ``x_s`` as the
+                score difference (clamped here to ``log_ratio_clamp``).
             sigma: ``(K B,)`` their noise levels.
-            labels: ``(K B, C)`` their one-hot classes (None: unconditional).
             update: fold this batch into the per-bin EMA (False for pure evaluation).
 
         Returns:
@@ -173,7 +192,8 @@ class RatioEstimator(nn.Module):
             and the share of samples clipped by ``[clip_min, clip_max]`` or by ``h``'s domain.
         """
         cfg, k = self.cfg, self.members
-        raw = self.log_ratio(x, sigma, labels).exp().reshape(k, -1)
+        clamp = cfg.log_ratio_clamp
+        raw = log_r.float().clamp(-clamp, clamp).exp().reshape(k, -1)
         ratio = raw.clamp(cfg.clip_min, cfg.clip_max)
         clipped = ratio != raw
         if cfg.bin_normalize:

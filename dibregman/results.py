@@ -123,6 +123,20 @@ COST_METRICS = (
 )
 
 
+# The live ratio check's summary (dibregman/ratio_check.py), logged at every evaluation of a run
+# whose teacher has an exact density: over the check levels sigma <= sigma_data, the mean
+# correlation of the estimated and true log r, and the mean accuracy the estimate's rule falls
+# short of the true ratio's. The per-level rows go to the run's ratio_check.jsonl.
+RATIO_CHECK_METRICS = (
+    MetricSpec("ratio_check_correlation", "ratio_check_correlation",
+               "ratio estimate's correlation with the truth", None, Direction.HIGHER,
+               Role.DIAGNOSTIC, Stage.CURVE),
+    MetricSpec("ratio_check_accuracy_gap", "ratio_check_accuracy_gap",
+               "ratio estimate's accuracy short of the truth's", None, Direction.LOWER,
+               Role.DIAGNOSTIC, Stage.CURVE),
+)
+
+
 def headline(specs: list[MetricSpec]) -> MetricSpec:
     """The final headline metric of a declaration list (the one a comparison ranks by)."""
     for spec in specs:

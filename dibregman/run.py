@@ -6,6 +6,10 @@ A run directory holds:
   the metric protocol and the declared metrics (:mod:`dibregman.results`);
 * ``metrics.jsonl``: one JSON record every ``log_every`` generator steps (diagnostics, plus
   curve metrics every ``eval.every`` steps, step 0 included);
+* ``ratio_check.jsonl`` (teachers with an exact density): at every evaluation, one row per
+  noise level of the live ratio check (:mod:`dibregman.ratio_check`): ``step``, ``sigma`` and
+  the estimate's agreement with the truth; its summary goes into the record
+  (:data:`dibregman.results.RATIO_CHECK_METRICS`);
 * ``checkpoint/state.pt``: the latest resumable state (state_dicts only, loaded with
   ``weights_only=True``), written atomically every ``checkpoint_every`` steps and at the last
   step (so an ended run keeps its final networks, e.g. for ``bench fid``);
@@ -46,6 +50,7 @@ from dibregman.device import resolve_device
 from dibregman.distill import Distiller
 from dibregman.evaluate import declared_metrics
 from dibregman.evaluators import Evaluator
+from dibregman.ratio_check import LiveRatioCheck
 from dibregman.results import ELAPSED, Status, final_record
 from dibregman.teachers import Teacher, teacher_for
 from dibregman.validation import validate
@@ -53,6 +58,7 @@ from dibregman.validation import validate
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.jsonl"
+RATIO_CHECK_FILE = "ratio_check.jsonl"
 FINAL_FILE = "final_metrics.json"
 SAMPLES_FILE = "samples.png"
 CHECKPOINT_DIR = "checkpoint"
@@ -137,9 +143,11 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl`` up to ``up_to_step``; a last line a kill cut short is
-    dropped (the run continues from its checkpoint and writes it again)."""
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's JSON-lines file (``metrics.jsonl``, ``ratio_check.jsonl``); the
+    one reader of them all. A last line a kill cut short is dropped (the run continues from its
+    checkpoint and writes it again); a damaged line before it is a ``ValueError`` naming the
+    file. A missing file has no records."""
     if not path.exists():
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -151,7 +159,12 @@ def _read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
             if number < len(lines):
                 raise ValueError(f"{path}: line {number} is not JSON; the run directory is "
                                  f"damaged: delete it or use another") from None
-    return [r for r in records if r["step"] <= up_to_step]
+    return records
+
+
+def _read_records(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """The records of ``path`` (:func:`read_jsonl`) up to ``up_to_step``."""
+    return [r for r in read_jsonl(path) if r["step"] <= up_to_step]
 
 
 def _read_json(path: Path) -> Any:
@@ -329,6 +342,10 @@ class _SeedBatch:
                             provenance(member_cfg, evaluator.protocol, self.seeds))
         self.distiller = Distiller(self.cfg, teacher, self.seeds)
         self.elapsed_before = [0.0] * len(self.seeds)
+        self.ratio_check = None
+        if teacher.exact_density and self.cfg.eval.ratio_check_n:
+            self.ratio_check = LiveRatioCheck.for_run(self.cfg, teacher.log_prob, teacher.sample,
+                                                      teacher.sigma_data)
 
     def resume(self, states: list[tuple[dict[str, Any], float]]) -> None:
         self.distiller.load_state_dicts([state for state, _ in states])
@@ -344,6 +361,13 @@ class _SeedBatch:
         for file, kept in zip(files, records, strict=True):
             file.writelines(json.dumps(record) + "\n" for record in kept)
             file.flush()
+        check_files = []
+        if main and self.ratio_check is not None:
+            for d in self.run_dirs:
+                kept = _read_records(d / RATIO_CHECK_FILE, distiller.generator_step)
+                check_files.append((d / RATIO_CHECK_FILE).open("w"))
+                check_files[-1].writelines(json.dumps(row) + "\n" for row in kept)
+                check_files[-1].flush()
         fresh = distributed.from_main(lambda: distiller.generator_step == 0 and not any(records))
         started = time.perf_counter()
         results: dict[int, RunResult] = {}
@@ -383,10 +407,23 @@ class _SeedBatch:
                     on_report(k, record, saved.get(k))
 
         def evaluate(k: int) -> dict[str, float]:
-            """Member ``k``'s curve metrics (rank 0; nothing on the others)."""
+            """Member ``k``'s curve metrics, and the live ratio check's summary after its rows
+            are written (rank 0; nothing on the others)."""
             if not main:
                 return {}
-            return self.evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed, k))
+            metrics = self.evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed, k))
+            check = self.ratio_check
+            if check is not None:
+                n, seed = cfg.eval.ratio_check_n, cfg.eval.seed
+                rows = check.measure(distiller.member_log_ratio(k, seed + 3),
+                                     distiller.sample(n, seed + 1, k, ema=False),
+                                     distiller.sample(n // 4, seed + 2, k, ema=False))
+                step = distiller.member_steps[k]
+                check_files[k].writelines(json.dumps({"step": step, **row}) + "\n"
+                                          for row in rows)
+                check_files[k].flush()
+                metrics.update(check.summary(rows))
+            return metrics
 
         def finish(k: int) -> None:
             def conclude() -> RunResult:
@@ -436,5 +473,5 @@ class _SeedBatch:
                 finish(k)
             return [results[k] for k in members]
         finally:
-            for file in files:
+            for file in [*files, *check_files]:
                 file.close()

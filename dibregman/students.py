@@ -28,12 +28,13 @@ def build_networks(
     """Student, fake score and ratio network for ``teacher``, by its kind.
 
     Vector teachers (analytic mixtures have no network to copy): a residual MLP student, an
-    MLP fake score starting at ``c_skip x`` and an MLP ratio network, all seeded by
-    ``init_rng``. Image teachers (DMD2): student ``G(z) = D(sigma_init z, sigma_init)`` and fake
-    score both copied from the teacher's denoiser ``teacher.network``; the ratio network is a
-    separate small CNN (not a head on the fake score's bottleneck) so its updates never move
-    the fake score. For a class-conditional teacher all three take its labels: the copies
-    inherit the teacher's label embedding, the ratio CNN gets one of its own.
+    MLP fake score starting at ``c_skip x`` and an MLP ratio network on Fourier features of its
+    input, all seeded by ``init_rng``. Image teachers (DMD2): student
+    ``G(z) = D(sigma_init z, sigma_init)`` and fake score both copied from the teacher's
+    denoiser ``teacher.network``; the ratio network is a separate small CNN (not a head on the
+    fake score's bottleneck) so its updates never move the fake score. For a class-conditional
+    teacher all three take its labels: the copies inherit the teacher's label embedding, the
+    ratio CNN gets one of its own.
     """
     sd = teacher.sigma_data
     if teacher.kind is TeacherKind.VECTOR:
@@ -41,11 +42,10 @@ def build_networks(
         student = OneStepGenerator(dim, net.hidden, net.depth, sd, net.fourier_features,
                                    net.fourier_scale)
         init_parameters(student, init_rng)
-        if net.fourier_features:
-            student.reset_frequencies(init_rng)
         fake = Denoiser(MLPNet(dim, dim, net.hidden, net.depth), sd)
         init_parameters(fake, init_rng, zero_last=True)
-        ratio_net = RatioNetwork(MLPNet(dim, 1, net.hidden, net.depth), sd)
+        ratio_net = RatioNetwork(MLPNet(dim, 1, net.hidden, net.depth,
+                                        net.ratio_fourier_features, net.ratio_fourier_scale), sd)
     else:
         if teacher.network is None:
             raise ValueError(f"{type(teacher).__name__} is an image teacher without a network "

@@ -19,7 +19,7 @@ import os
 from dibregman.bregman import get_generator
 from dibregman.config import Config, ConfigError, MixtureConfig, flatten
 from dibregman.data import dataset_names
-from dibregman.ratio import estimator_names
+from dibregman.ratio import ORACLE, estimator_names
 from dibregman.teachers import TeacherKind, teacher_entry, teacher_names
 from dibregman.teachers.mixture import MIXTURE_LAYOUTS
 
@@ -64,7 +64,13 @@ def validate(cfg: Config) -> None:
                           f"valid: {', '.join(estimator_names())}")
     if cfg.teacher not in teacher_names():
         raise ConfigError(f"unknown teacher {cfg.teacher!r}; valid: {', '.join(teacher_names())}")
-    kind = teacher_entry(cfg.teacher).kind
+    entry = teacher_entry(cfg.teacher)
+    kind = entry.kind
+    if cfg.ratio.estimator == ORACLE and not entry.teacher_class.exact_density:
+        exact = [name for name in teacher_names()
+                 if teacher_entry(name).teacher_class.exact_density]
+        raise ConfigError(f"ratio.estimator='oracle' needs a teacher with an exact density; "
+                          f"{cfg.teacher!r} has none (valid: {', '.join(exact)})")
     choices = [("ratio.teacher_side", cfg.ratio.teacher_side, ("data", "teacher")),
                ("device", cfg.device, ("auto", "cpu", "cuda")),
                ("precision", cfg.precision, ("bf16", "fp32"))]
@@ -108,6 +114,7 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
         (train.sigma_grid_size >= 2, "train.sigma_grid_size must be >= 2"),
         (0 <= cfg.seed < 2**32, "seed must be in [0, 2^32)"),
         (train.fake_lr_scale > 0, "train.fake_lr_scale must be > 0"),
+        (train.ratio_lr_scale > 0, "train.ratio_lr_scale must be > 0"),
         (0 <= train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (train.gan_weight >= 0, "train.gan_weight must be >= 0"),
         (train.regression_weight >= 0, "train.regression_weight must be >= 0"),
@@ -119,10 +126,19 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
         (0 < ratio.clip_min < ratio.clip_max, "need 0 < ratio.clip_min < ratio.clip_max"),
         (ratio.log_ratio_clamp > 0, "ratio.log_ratio_clamp must be > 0"),
         (ratio.noise_bins >= 1, "ratio.noise_bins must be >= 1"),
+        (ratio.oracle_samples >= 16, "ratio.oracle_samples must be >= 16"),
+        (ratio.estimator != "oracle" or train.gan_weight == 0,
+         "train.gan_weight > 0 reads the fitted ratio network; the oracle estimator fits none "
+         "(valid: train.gan_weight=0, or a fitted ratio.estimator)"),
+        (ev.ratio_check_n == 0 or ev.ratio_check_n >= 32,
+         "eval.ratio_check_n must be 0 (no live ratio check) or >= 32"),
         (0 <= ratio.bin_ema < 1, "ratio.bin_ema must be in [0, 1)"),
         (cfg.net.hidden >= 1 and cfg.net.depth >= 1, "net.hidden and net.depth must be >= 1"),
         (cfg.net.fourier_features >= 0, "net.fourier_features must be >= 0 (0: none)"),
         (0 < cfg.net.fourier_scale < math.inf, "net.fourier_scale must be > 0 and finite"),
+        (cfg.net.ratio_fourier_features >= 0, "net.ratio_fourier_features must be >= 0 (0: none)"),
+        (0 < cfg.net.ratio_fourier_scale < math.inf,
+         "net.ratio_fourier_scale must be > 0 and finite"),
         (ev.every >= 1 and cfg.log_every >= 1 and cfg.checkpoint_every >= 1,
          "eval.every, log_every and checkpoint_every must be >= 1"),
         (min(ev.n_curve, ev.n_final, ev.n_pr, ev.n_mmd) >= 16,

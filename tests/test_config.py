@@ -82,7 +82,7 @@ def test_unknown_preset_lists_valid():
 @pytest.mark.parametrize(("override", "message"), [
     ({"generator.name": "kl"}, "unknown Bregman generator 'kl'"),
     ({"generator.name": "power", "generator.alpha": -1.0}, "generator.alpha"),
-    ({"ratio.estimator": "svm"}, "valid: classifier, kliep, ulsif"),
+    ({"ratio.estimator": "svm"}, "valid: classifier, kliep, oracle, ulsif"),
     ({"teacher": "mnist9"}, "unknown teacher"),
     ({"train.sigma_min": 30.0}, "sigma_min < train.sigma_max"),
     ({"ratio.clip_min": 0.0}, "ratio.clip_min"),

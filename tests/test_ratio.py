@@ -10,7 +10,7 @@ from torch import nn
 from dibregman.bregman import get_generator
 from dibregman.config import RatioConfig
 from dibregman.networks import MLPNet, RatioNetwork, init_parameters
-from dibregman.ratio import RatioEstimator, estimator_names, get_estimator
+from dibregman.ratio import RatioEstimator, fitted_estimator_names, get_estimator
 
 SHIFT = torch.tensor([0.75, 0.0])
 SIGMA = 0.05  # a fixed level: the estimators are tested as plain ratio fitters
@@ -42,7 +42,7 @@ def fit(name: str, steps: int = 600) -> RatioEstimator:
 TOLERANCE = {"classifier": 0.1, "kliep": 0.15, "ulsif": 0.2}
 
 
-@pytest.mark.parametrize("name", estimator_names())
+@pytest.mark.parametrize("name", fitted_estimator_names())
 def test_estimator_recovers_known_log_ratio(name):
     estimator = fit(name)
     held_out = torch.rand(2000, 2, generator=torch.Generator().manual_seed(9)) * 3 - 1.5
@@ -64,7 +64,7 @@ def test_sign_convention_teacher_confident_means_ratio_below_one():
 
 
 def test_registry_rejects_unknown():
-    with pytest.raises(ValueError, match="valid: classifier, kliep, ulsif"):
+    with pytest.raises(ValueError, match="valid: classifier, kliep, oracle, ulsif"):
         get_estimator("gan")
 
 
@@ -89,7 +89,7 @@ def test_bin_self_normalisation_makes_mean_inverse_ratio_one():
     log_r = torch.full((100,), math.log(2.0))
     est = pipeline(log_r, weight_normalize=False)
     sigma = torch.logspace(-2.5, 1.2, 100)
-    weight, diag = est.weights(get_generator("pearson"), torch.zeros(100, 2), sigma)
+    weight, diag = est.weights(get_generator("pearson"), est.network.log_r, sigma)
     torch.testing.assert_close(weight, torch.ones(100))  # Pearson: w = r = 1
     assert diag[0]["ratio_q50"] == pytest.approx(1.0)
     assert est.bin_seen.all()
@@ -100,9 +100,9 @@ def test_bin_ema_blends_batches():
     est = pipeline(torch.full((4,), math.log(2.0)), bin_ema=0.5, weight_normalize=False)
     sigma = torch.full((4,), 1.0)
     gen = get_generator("pearson")
-    est.weights(gen, torch.zeros(4, 2), sigma)  # first batch sets the bin: mean 1/r = 0.5
+    est.weights(gen, est.network.log_r, sigma)  # first batch sets the bin: mean 1/r = 0.5
     est.network.log_r = torch.full((4,), math.log(0.5))
-    est.weights(gen, torch.zeros(4, 2), sigma)  # second: 0.5 * 0.5 + 0.5 * 2 = 1.25
+    est.weights(gen, est.network.log_r, sigma)  # second: 0.5 * 0.5 + 0.5 * 2 = 1.25
     assert float(est.bin_mean_inv_ratio[0, est.noise_bin(sigma[:1])]) == pytest.approx(1.25)
     assert "bin_mean_inv_ratio" in est.state_dict()
 
@@ -110,7 +110,7 @@ def test_bin_ema_blends_batches():
 def test_clamp_and_clip_bound_the_ratio():
     log_r = torch.tensor([-50.0, 0.0, 50.0])
     est = pipeline(log_r, bin_normalize=False, weight_normalize=False)
-    _, diag = est.weights(get_generator("pearson"), torch.zeros(3, 2), torch.ones(3))
+    _, diag = est.weights(get_generator("pearson"), est.network.log_r, torch.ones(3))
     assert diag[0]["ratio_q05"] >= 0.05 - 1e-6 and diag[0]["ratio_q95"] <= 10.0 + 1e-5
     assert diag[0]["ratio_clipped_fraction"] == pytest.approx(2 / 3)
 
@@ -122,7 +122,7 @@ def test_ratio_is_clipped_before_the_bin_normalisation():
     log_r = torch.zeros(64)
     log_r[0] = -10.0
     est = pipeline(log_r, weight_normalize=False)
-    weight, diag = est.weights(get_generator("pearson"), torch.zeros(64, 2), torch.ones(64))
+    weight, diag = est.weights(get_generator("pearson"), est.network.log_r, torch.ones(64))
     factor = (63 + 20) / 64
     torch.testing.assert_close(est.bin_mean_inv_ratio[0, est.noise_bin(torch.ones(1))],
                                torch.tensor([factor]))
@@ -136,7 +136,7 @@ def test_all_zero_weights_make_no_step_instead_of_nan():
     r >= e has all-zero weights, and the batch-mean division must not give 0 / 0. The zero is
     decided on r against the bound, never on float32 log(e) (1 or 0.99999994 by libm)."""
     est = pipeline(torch.full((8,), 3.0), bin_normalize=False)
-    weight, diag = est.weights(get_generator("log_squared"), torch.zeros(8, 2), torch.ones(8))
+    weight, diag = est.weights(get_generator("log_squared"), est.network.log_r, torch.ones(8))
     assert torch.equal(weight, torch.zeros(8))
     assert diag[0]["ratio_clipped_fraction"] == 1.0
 
@@ -146,14 +146,14 @@ def test_tiny_positive_weights_are_normalised_to_mean_one():
     scales them to mean 1, with no absolute epsilon to distort a small mean."""
     log_r = torch.full((8,), math.log(math.e * (1 - 1e-6)))
     est = pipeline(log_r, bin_normalize=False)
-    weight, diag = est.weights(get_generator("log_squared"), torch.zeros(8, 2), torch.ones(8))
+    weight, diag = est.weights(get_generator("log_squared"), est.network.log_r, torch.ones(8))
     assert 0 < diag[0]["weight_max"] < 1e-4
     torch.testing.assert_close(weight, torch.ones(8), rtol=1e-5, atol=0)
 
 
 def test_log_squared_is_clipped_to_its_convex_domain():
     est = pipeline(torch.tensor([2.0, 3.0]), bin_normalize=False, weight_normalize=False)
-    weight, diag = est.weights(get_generator("log_squared"), torch.zeros(2, 2), torch.ones(2))
+    weight, diag = est.weights(get_generator("log_squared"), est.network.log_r, torch.ones(2))
     assert diag[0]["ratio_q95"] <= math.e + 1e-6
     assert (weight >= 0).all()  # w = (1 - log r) / r would be negative above e
 
@@ -161,9 +161,9 @@ def test_log_squared_is_clipped_to_its_convex_domain():
 def test_batch_mean_normalisation_and_reverse_kl_identity():
     log_r = torch.linspace(-2, 2, 64)
     est = pipeline(log_r)
-    weight, _ = est.weights(get_generator("forward_kl"), torch.zeros(64, 2), torch.ones(64))
+    weight, _ = est.weights(get_generator("forward_kl"), est.network.log_r, torch.ones(64))
     assert float(weight.mean()) == pytest.approx(1.0)
     assert weight[0] > weight[-1]  # FKL weight 1/r shrinks with r
-    weight, diag = est.weights(get_generator("reverse_kl"), torch.zeros(64, 2), torch.ones(64))
+    weight, diag = est.weights(get_generator("reverse_kl"), est.network.log_r, torch.ones(64))
     assert torch.equal(weight, torch.ones(64))
     assert diag[0]["weight_min"] == diag[0]["weight_max"] == 1.0

@@ -159,7 +159,7 @@ def test_pages_reference_only_existing_files(report):
     out, _ = report
     parser = Links()
     parser.feed((out / "index.html").read_text())
-    assert len(parser.sources) == 5
+    assert len(parser.sources) == 6  # the five charts and the ratio check's
     assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
     markdown = (out / "README.md").read_text()
     for target in [part.split(")")[0] for part in markdown.split("](")[1:]]:

@@ -30,6 +30,8 @@ from bench.report.tables import (
     method_note,
     order_labels,
     paired_table,
+    ratio_check_lines,
+    ratio_check_table,
     summarise,
     verdict_lines,
     write_csvs,
@@ -95,7 +97,8 @@ def _write_report(data: SweepData, client: MlflowClient, out: Path,
         notes = [f"No run of this sweep finished ({counts}): there is nothing to chart or "
                  f"compare; each run's error and last records are in its MLflow run."]
     page = PageContent(data, comparison_table(data, summary, comparison),
-                       paired_table(comparison), notes, method_note(comparison), charts, prov)
+                       paired_table(comparison), notes, method_note(comparison), charts, prov,
+                       ratio_check_table(data), ratio_check_lines(data))
     if "md" in formats:
         write_markdown(page, out)
     if "html" in formats:

@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench.report.reading import SweepData  # noqa: E402
-from bench.report.tables import REFERENCE  # noqa: E402
+from bench.report.tables import RATIO_GATE_GAP, REFERENCE  # noqa: E402
 from dibregman.results import Status  # noqa: E402
 
 CHART_CAPTIONS = {
@@ -30,6 +30,7 @@ CHART_CAPTIONS = {
     "weights": "Weight and ratio diagnostics",
     "samples": "Samples per generator",
     "alpha": "Search: FD against α",
+    "ratio_check": "Ratio estimate against the truth",
 }
 
 
@@ -175,6 +176,30 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
     return _save(fig, out, "samples")
 
 
+def chart_ratio_check(data: SweepData, out: Path) -> str:
+    """The live ratio check over training, pooled over the fitted arms' runs: per noise level,
+    the estimate's accuracy shortfall against the true ratio's rule, and the correlation of the
+    clipped log-ratios (means over runs)."""
+    checks = data.ratio_checks[data.ratio_checks.estimator != "oracle"].copy()
+    checks["gap"] = checks.truth_accuracy - checks.accuracy
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("viridis")
+    levels = sorted(checks.sigma.unique())
+    for i, sigma in enumerate(levels):
+        at = checks[checks.sigma == sigma].groupby("step")[["gap", "correlation"]].mean()
+        colour = cmap(i / max(1, len(levels) - 1))
+        for ax, column in zip(axes, ("gap", "correlation"), strict=True):
+            ax.plot(at.index, at[column], color=colour, lw=1.3, label=f"σ = {sigma:.3g}")
+    axes[0].axhline(RATIO_GATE_GAP, color="k", ls=":", lw=1, label="good-enough bound")
+    axes[0].set_ylabel("true ratio's accuracy − estimate's")
+    axes[1].set_ylabel("correlation of clipped log r")
+    for ax in axes:
+        ax.set_xlabel("generator step")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle("Ratio estimate against the truth (mean over runs)")
+    return _save(fig, out, "ratio_check")
+
+
 def chart_search(data: SweepData, out: Path) -> str:
     """A search sweep's final headline metric against the sampled alpha (colour: learning
     rate)."""
@@ -207,6 +232,8 @@ def draw_charts(data: SweepData, summary: pd.DataFrame, labels: list[str], clien
     charts = [chart_curves(data, labels, out), chart_final(data, summary, labels, out),
               chart_tradeoffs(data, summary, labels, out), chart_weights(data, labels, out),
               chart_samples(data, client, labels, out)]
+    if not data.ratio_checks.empty:
+        charts.insert(0, chart_ratio_check(data, out))
     if data.is_search:
         charts.append(chart_search(data, out))
     return charts

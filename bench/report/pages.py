@@ -25,6 +25,7 @@ from dibregman.run import PROVENANCE_FILE, git_revision
 
 FORMATS = ("md", "html")
 COMPARISON_HEADING = f"vs {REFERENCE} (paired by seed)"
+RATIO_HEADING = "Is the ratio estimate good enough to compare generators?"
 PACKAGES = ("dibregman", "torch", "ray", "mlflow", "optuna", "pandas", "matplotlib", "clean-fid",
             "numpy")
 
@@ -114,6 +115,10 @@ class PageContent:
         method: how to read ``paired`` (:func:`bench.report.tables.method_note`).
         charts: the charts' PNG file names in the report directory, in page order.
         prov: the sweep's :func:`provenance`.
+        ratio: the live ratio check per level (:func:`bench.report.tables.ratio_check_table`;
+            no rows without checks).
+        ratio_notes: whether the ratio estimate was good enough
+            (:func:`bench.report.tables.ratio_check_lines`).
     """
 
     data: SweepData
@@ -123,14 +128,19 @@ class PageContent:
     method: str
     charts: list[str]
     prov: dict[str, Any]
+    ratio: Table
+    ratio_notes: list[str]
 
 
 def write_markdown(page: PageContent, out: Path) -> None:
     """Write ``README.md`` into ``out``: intro, table, the comparison with the reference
     (verdicts, table, method), charts, provenance links."""
     data, prov = page.data, page.prov
-    parts = [f"# Report: {data.name}", _intro(data, prov), markdown_table(*page.table),
-             f"## {COMPARISON_HEADING}", "\n".join(f"- {line}" for line in page.notes)]
+    parts = [f"# Report: {data.name}", _intro(data, prov), markdown_table(*page.table)]
+    if page.ratio[1]:
+        parts += [f"## {RATIO_HEADING}", "\n".join(f"- {line}" for line in page.ratio_notes),
+                  markdown_table(*page.ratio)]
+    parts += [f"## {COMPARISON_HEADING}", "\n".join(f"- {line}" for line in page.notes)]
     if page.paired[1]:
         parts += [markdown_table(*page.paired), page.method]
     parts += [f"## {CHART_CAPTIONS[c[:-4]]}\n\n![{CHART_CAPTIONS[c[:-4]]}]({c})"
@@ -159,7 +169,11 @@ def write_html(page: PageContent, out: Path) -> None:
         "padding:3px 6px;text-align:right}td:first-child{text-align:left}"
         ".best{font-weight:bold;background:#e6f4ea}img{max-width:100%}</style></head><body>"
         f"<h1>Report: {html.escape(data.name)}</h1><p>{html.escape(_intro(data, prov))}</p>"
-        f"{html_table(*table)}<h2>{html.escape(COMPARISON_HEADING)}</h2><ul>"
+        f"{html_table(*table)}"
+        + (f"<h2>{html.escape(RATIO_HEADING)}</h2><ul>"
+           + "".join(f"<li>{html.escape(line)}</li>" for line in page.ratio_notes)
+           + f"</ul>{html_table(*page.ratio)}" if page.ratio[1] else "")
+        + f"<h2>{html.escape(COMPARISON_HEADING)}</h2><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in notes)
         + "</ul>"
         + (f"{html_table(*paired)}<p>{html.escape(method)}</p>" if paired[1] else "")

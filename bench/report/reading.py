@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from dibregman.config import Config, EvalConfig, with_overrides  # noqa: E402
 from dibregman.evaluate import declared_metrics  # noqa: E402
 from dibregman.results import MetricSpec, Role, Stage, Status, headline  # noqa: E402
+from dibregman.run import RATIO_CHECK_FILE, read_jsonl  # noqa: E402
 
 
 class ReportError(ValueError):
@@ -41,7 +44,10 @@ class SweepData:
         generator, alpha, seed, status, final metrics); histories: tidy (run_id, label, seed,
         key, step, value); columns: the declared final metrics, headline first, costs last;
         curve: the declared metric logged over training; tracking_uri: the store; controls:
-        role (``aa``, ``positive``) -> arm label of the spec's validity controls.
+        role (``aa``, ``positive``) -> arm label of the spec's validity controls;
+        ratio_checks: the live ratio check's rows of every run that has them (run_id, label,
+        seed, then ``step``, ``sigma`` and :data:`dibregman.ratio_check.CHECK_FIELDS`; empty
+        for teachers without an exact density), with ``estimator`` the run's ratio estimator.
     """
 
     name: str
@@ -52,6 +58,7 @@ class SweepData:
     curve: MetricSpec
     tracking_uri: str
     controls: dict[str, str] = field(default_factory=dict)
+    ratio_checks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def headline(self) -> MetricSpec:
@@ -146,4 +153,23 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
             frame[column.key] = np.nan
     controls = json.loads(parent.data.tags.get(CONTROLS_TAG, "{}"))
     return SweepData(parent.data.tags.get("sweep.name", ""), parent, frame, histories, columns,
-                     curve, tracking_uri, controls)
+                     curve, tracking_uri, controls, load_ratio_checks(client, runs, frame))
+
+
+def load_ratio_checks(client: MlflowClient, runs: list[Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """Every run's ``ratio_check.jsonl`` artifact as one long frame (see ``SweepData``); runs
+    without one (no exact density, or not ended) contribute nothing."""
+    if not any(m.startswith("ratio_check_") for run in runs for m in run.data.metrics):
+        return pd.DataFrame()
+    rows = []
+    with tempfile.TemporaryDirectory() as downloads:
+        for run, row in zip(runs, frame.itertuples(), strict=True):
+            try:
+                path = client.download_artifacts(run.info.run_id, RATIO_CHECK_FILE, downloads)
+            except Exception:  # noqa: BLE001 - a run that did not end has no artifact
+                continue
+            for record in read_jsonl(Path(path)):
+                rows.append({"run_id": run.info.run_id, "label": row.label, "seed": row.seed,
+                             "estimator": run.data.params.get("ratio.estimator", ""), **record})
+            Path(path).unlink()
+    return pd.DataFrame(rows)

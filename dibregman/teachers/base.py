@@ -55,10 +55,14 @@ class Teacher(ABC):
         shape: the shape of one sample, e.g. ``(2,)`` or ``(1, 8, 8)``.
         sampler_steps: Heun steps of :meth:`sample_from` (18 = EDM's 35 evaluations).
         num_classes: ``C`` of a class-conditional teacher; 0 for an unconditional one.
+        exact_density: whether :meth:`log_prob` gives the exact noised log-density (class
+            attribute): what the live ratio check (:mod:`dibregman.ratio_check`) and the
+            ``oracle`` ratio estimator need.
     """
 
     kind: ClassVar[TeacherKind] = TeacherKind.VECTOR
     evaluator: ClassVar[type[Evaluator]] = VectorEvaluator
+    exact_density: ClassVar[bool] = False
     network: nn.Module | None = None
     sigma_min: float
     sigma_max: float
@@ -99,6 +103,16 @@ class Teacher(ABC):
         Returns:
             ``(B, *shape)``.
         """
+
+    def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
+        """``log p_sigma(x)`` of ``x: (B, *shape)`` at scalar or ``(B,)`` levels, ``(B,)``; only
+        for teachers that declare ``exact_density``.
+
+        Raises:
+            NotImplementedError: the teacher has no exact density.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no exact density "
+                                  f"(exact_density is False)")
 
     def score(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
         """``grad_x log p_sigma(x | y) = (D(x, sigma, y) - x) / sigma**2``, shape of ``x``."""

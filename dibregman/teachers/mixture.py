@@ -57,6 +57,7 @@ class GaussianMixtureTeacher(Teacher):
     """
 
     evaluator = MixtureEvaluator
+    exact_density = True
 
     def __init__(
         self,
