@@ -22,10 +22,19 @@ from the estimate and from the truth.
     python benchmarks/ratio.py                         # gmm2d pairs, every estimator, 2 seeds
     python benchmarks/ratio.py --preset gmm16d --seeds 0
     python benchmarks/ratio.py --set net.ratio_fourier_features=0   # the plain MLP
+    python benchmarks/ratio.py --live --seeds 0 1 2 3 4 5 6 7       # the real task, live check
+
+``--live`` trains the preset's real distillation (reverse KL, one seed batch per estimator row)
+and prints its live ratio check (:mod:`dibregman.ratio_check`: the true ratio's rule from the
+teacher's exact density over a KDE of the live student): per level, the estimate's accuracy
+shortfall and correlation averaged over seeds and the evaluations after step 0, and the worst
+(step, level) cell; then the seconds per generator step of each recipe, timed side by side in
+one process (training only, no evaluation).
 
 Estimator rows: ``classifier``, ``ulsif``, ``kliep`` on the preset's ratio network, and
-``classifier-mlp``, the classifier on a plain MLP (``net.ratio_fourier_features=0``, the
-network before the Fourier features). Fits run in a process pool (one torch thread each).
+``classifier-mlp``, the classifier on a plain MLP at the student's learning rate
+(``net.ratio_fourier_features=0``, ``train.ratio_lr_scale=1``: the recipe before the Fourier
+features). Fits run in a process pool (one torch thread each).
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import torch
 from dibregman.bregman import get_generator
 from dibregman.config import Config, with_overrides
 from dibregman.device import adamw
-from dibregman.distill import apply_update
+from dibregman.distill import Distiller, apply_update
 from dibregman.noise import karras_sigmas, sample_sigmas
 from dibregman.presets import get_preset
 from dibregman.ratio import RatioEstimator
@@ -60,7 +69,8 @@ ESTIMATORS: dict[str, tuple[str, dict[str, Any]]] = {
     "classifier": ("classifier", {}),
     "ulsif": ("ulsif", {}),
     "kliep": ("kliep", {}),
-    "classifier-mlp": ("classifier", {"net.ratio_fourier_features": 0}),
+    "classifier-mlp": ("classifier", {"net.ratio_fourier_features": 0,
+                                      "train.ratio_lr_scale": 1.0}),
 }
 GENERATORS = ("forward_kl", "pearson", "neyman", "jensen_shannon", "log_squared")
 # The target of a default estimator: at sigma <= 1, from the first budget on, correlation
@@ -253,6 +263,63 @@ def print_tables(frame: pd.DataFrame) -> None:
     print("\nSeconds per fit (mean): " + ", ".join(f"{k} {v:.1f}" for k, v in fits.items()))
 
 
+def live(preset: str, estimators: list[str], seeds: list[int], common: dict[str, Any],
+         timed_steps: int = 100) -> None:
+    """The live check of the real task per estimator row, and each recipe's training cost."""
+    import tempfile
+    from pathlib import Path
+
+    from dibregman.run import RATIO_CHECK_FILE, read_jsonl, run_seed_batch
+
+    torch.set_num_threads(1)
+    configs = {}
+    for name in estimators:
+        estimator, overrides = ESTIMATORS[name]
+        configs[name] = with_overrides(get_preset(preset), {
+            **common, **overrides, "ratio.estimator": estimator})
+    print("| estimator | sigma | shortfall | correlation | true ratio's accuracy | "
+          "KDE control error |")
+    print("|---|---|---|---|---|---|")
+    worst = {}
+    for name, cfg in configs.items():
+        with tempfile.TemporaryDirectory() as directory:
+            dirs = [Path(directory) / f"s{seed}" for seed in seeds]
+            run_seed_batch(cfg, seeds, dirs)
+            rows = pd.DataFrame([r for d in dirs for r in read_jsonl(d / RATIO_CHECK_FILE)])
+        rows = rows[rows.step > 0]
+        rows["gap"] = rows.truth_accuracy - rows.accuracy
+        cells = rows.groupby(["step", "sigma"])[["gap", "correlation"]].mean()
+        summarised = cells[cells.index.get_level_values("sigma") <= TARGET_SIGMA]
+        worst[name] = (summarised.gap.max(), summarised.gap.idxmax(), summarised.gap.mean(),
+                       summarised.correlation.mean())
+        for sigma, at in rows.groupby("sigma"):
+            print(f"| {name} | {sigma:.3g} | {at.gap.mean():+.3f} | {at.correlation.mean():.2f} "
+                  f"| {at.truth_accuracy.mean():.3f} | {at.control_error.max():.2f} |")
+    print(f"\nAt sigma <= {TARGET_SIGMA:g}, evaluations after step 0 (means over seeds per "
+          f"cell): mean shortfall, worst cell (step, sigma), mean correlation")
+    for name, (gap, (step, sigma), mean_gap, correlation) in worst.items():
+        print(f"- {name}: mean {mean_gap:.3f}, worst {gap:.3f} at step {step}, sigma "
+              f"{sigma:.3g}; correlation {correlation:.2f}")
+    seconds: dict[str, list[float]] = {name: [] for name in configs}
+    distillers = {}
+    for name, cfg in configs.items():
+        distillers[name] = Distiller(cfg, teacher_for(cfg), seeds)
+        distillers[name].warmup()
+    for _ in range(timed_steps // 10):  # interleaved blocks, so load on the machine hits all
+        for name, d in distillers.items():
+            started = time.perf_counter()
+            for _ in range(10):
+                d.step()
+            seconds[name].append((time.perf_counter() - started) / 10)
+    base = estimators[0]
+    print(f"\nSeconds per generator step (a seed batch of {len(seeds)}; median of "
+          f"{timed_steps // 10} interleaved blocks of 10 steps)")
+    for name, values in seconds.items():
+        median = float(pd.Series(values).median())
+        print(f"- {name}: {median:.4f} s ({median / float(pd.Series(seconds[base]).median()):.2f}"
+              f"x {base})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gmm2d")
@@ -266,8 +333,13 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides for every fit, e.g. net.ratio_fourier_scale=3")
     parser.add_argument("--out", default=None, help="CSV of every check row")
+    parser.add_argument("--live", action="store_true",
+                        help="the preset's real task with the live check (fitted estimators)")
     args = parser.parse_args()
     common = dict(item.split("=", 1) for item in args.set)
+    if args.live:
+        live(args.preset, args.estimators, args.seeds, common)
+        return
     steps = with_overrides(get_preset(args.preset), common).train.generator_steps
     budgets = args.budgets or sorted({b for b in (50, 100, 200, steps) if b <= steps})
     frame = run(args.preset, args.estimators, args.pairs, args.seeds, steps, budgets, common,

@@ -13,7 +13,7 @@ read) and on as many noised teacher-side points:
   both clipped to the weight pipeline's ``[log clip_min, log clip_max]`` (beyond it every weight
   is the clip's: a difference there cannot reach a weight);
 * ``abs_error``: the mean absolute difference of the same clipped log-ratios;
-* ``accuracy``: how often the estimate's rule "``log r < 0``: teacher" is right on the balanced
+* ``accuracy``: how often the estimate's rule "``log r <= 0``: teacher" is right on the balanced
   set of student and teacher points, and ``truth_accuracy``: the same for the true ratio's rule;
 * ``truth_spread``: the standard deviation of the clipped true ``log r`` at student points (a
   correlation means little where the truth barely varies).
@@ -77,7 +77,7 @@ def agreement(true_student: Tensor, true_teacher: Tensor, est_student: Tensor,
         correlation = math.nan
 
     def rule_accuracy(student_side: Tensor, teacher_side: Tensor) -> float:
-        return 0.5 * float((student_side > 0).double().mean() + (teacher_side < 0).double().mean())
+        return 0.5 * float((student_side > 0).double().mean() + (teacher_side <= 0).double().mean())
 
     return {"correlation": correlation,
             "abs_error": float((truth - estimate).abs().mean()),
@@ -107,7 +107,7 @@ class LiveRatioCheck:
         teacher_sample: ``(n, rng) -> (n, d)`` exact teacher samples.
         sigmas: the noise levels checked.
         clip_min, clip_max: the weight pipeline's ratio clip.
-        seed: the teacher draws' and the noise's generator seed (the same in every run).
+        seed: the control's generator seed (the same in every run).
         summary_sigma_max: :meth:`summary` averages the levels up to this one.
     """
 
@@ -143,8 +143,8 @@ class LiveRatioCheck:
                 "ratio_check_accuracy_gap": float(np.mean(
                     [r["truth_accuracy"] - r["accuracy"] for r in kept]))}
 
-    def measure(self, estimate: LogRatioFn, student_kde: Tensor,
-                student_points: Tensor) -> list[dict[str, float]]:
+    def measure(self, estimate: LogRatioFn, student_kde: Tensor, student_points: Tensor,
+                seed: int) -> list[dict[str, float]]:
         """One row per noise level: ``sigma``, :data:`CHECK_FIELDS` and ``summarised`` (whether
         :meth:`summary` counts the level).
 
@@ -152,17 +152,20 @@ class LiveRatioCheck:
             estimate: the run's ratio estimate.
             student_kde: ``(N, d)`` live student samples for the KDE.
             student_points: ``(M, d)`` other live student samples, the points checked.
+            seed: the teacher points' and every noise draw's seed; give every (run,
+                evaluation) its own, so that averages over runs and evaluations average the
+                points' sampling noise away too.
         """
         n = len(student_points)
-        teacher_points, noise, controls = self._teacher_side(n, len(student_kde))
-        student_noise = torch.randn(student_points.shape,
-                                    generator=torch.Generator().manual_seed(self.seed + 1))
+        rng = torch.Generator().manual_seed(seed)
+        teacher_points = self.teacher_sample(n, rng)
         bandwidth = loo_bandwidth(student_kde)
+        controls = self._control_errors(len(student_kde))
         rows = []
         for sigma, control in zip(self.sigmas, controls, strict=True):
             levels = torch.full((n,), sigma)
-            x_student = student_points + sigma * student_noise
-            x_teacher = teacher_points + sigma * noise
+            x_student = student_points + sigma * torch.randn(student_points.shape, generator=rng)
+            x_teacher = teacher_points + sigma * torch.randn(teacher_points.shape, generator=rng)
 
             def truth(x: Tensor, sigma: float = sigma) -> Tensor:
                 return kde_log_ratio(x, sigma, student_kde, bandwidth, self.teacher_log_prob)
@@ -173,19 +176,16 @@ class LiveRatioCheck:
                          "summarised": sigma <= self.summary_sigma_max})
         return rows
 
-    @functools.cache  # noqa: B019 (one check per run: its teacher side is the same every time)
-    def _teacher_side(self, n: int, n_kde: int) -> tuple[Tensor, Tensor, tuple[float, ...]]:
-        """``n`` teacher points, their unit noise and, per level, the control's error (the
-        teacher's KDE of ``n_kde`` samples against its exact density): the same at every
-        check of a run, so drawn and measured once."""
+    @functools.cache  # noqa: B019 (one check per run: its control is the same every time)
+    def _control_errors(self, n_kde: int, n: int = 500) -> tuple[float, ...]:
+        """Per level, the control's error: the 95th percentile of ``|log r|`` of the teacher's
+        KDE of ``n_kde`` samples against its exact density, at ``n`` noised teacher points. It
+        does not depend on the student, so it is measured once per run."""
         rng = torch.Generator().manual_seed(self.seed)
-        points = self.teacher_sample(n, rng)
+        points, kde = self.teacher_sample(n, rng), self.teacher_sample(n_kde, rng)
         noise = torch.randn(points.shape, generator=rng)
-        kde = self.teacher_sample(n_kde, rng)
         bandwidth = loo_bandwidth(kde)
-        controls = []
-        for sigma in self.sigmas:
-            control = kde_log_ratio(points + sigma * noise, sigma, kde, bandwidth,
-                                    self.teacher_log_prob)
-            controls.append(float(np.quantile(control.abs().numpy(), 0.95)))
-        return points, noise, tuple(controls)
+        return tuple(float(np.quantile(kde_log_ratio(points + sigma * noise, sigma, kde,
+                                                     bandwidth, self.teacher_log_prob).abs(),
+                                       0.95))
+                     for sigma in self.sigmas)

@@ -414,11 +414,11 @@ class _SeedBatch:
             metrics = self.evaluator.curve(distiller.sample(cfg.eval.n_curve, cfg.eval.seed, k))
             check = self.ratio_check
             if check is not None:
-                n, seed = cfg.eval.ratio_check_n, cfg.eval.seed
-                rows = check.measure(distiller.member_log_ratio(k, seed + 3),
-                                     distiller.sample(n, seed + 1, k, ema=False),
-                                     distiller.sample(n // 4, seed + 2, k, ema=False))
-                step = distiller.member_steps[k]
+                n, step = cfg.eval.ratio_check_n, distiller.member_steps[k]
+                draws = cfg.eval.seed + 1_000_003 * (1 + self.seeds[k]) + 4 * step  # per check
+                rows = check.measure(distiller.member_log_ratio(k, draws + 3),
+                                     distiller.sample(n, draws + 1, k, ema=False),
+                                     distiller.sample(n // 4, draws + 2, k, ema=False), draws)
                 check_files[k].writelines(json.dumps({"step": step, **row}) + "\n"
                                           for row in rows)
                 check_files[k].flush()
