@@ -286,19 +286,26 @@ class Distiller:
         columns = distributed.all_reduce_mean(torch.stack(list(values.values()))).T.tolist()
         return [dict(zip(values, row, strict=True)) for row in columns]
 
+    # Held-out points of the oracle's leave-one-out bandwidth choice (of its KDE's N centres).
+    ORACLE_BANDWIDTH_POINTS = 100
+
     @torch.no_grad()
-    def _oracle_log_ratio(self, x: Tensor, sigma: Tensor, member: int,
-                          rng: torch.Generator) -> Tensor:
-        """The ``oracle`` estimator's ``log r`` at member ``member``'s rows ``x: (B, d)``,
-        ``sigma: (B,)``: the teacher's exact noised density against a KDE of
-        ``ratio.oracle_samples`` fresh samples of the live student drawn from ``rng``
+    def _oracle_log_ratio(self, x: Tensor, sigma: Tensor, student: Tensor) -> Tensor:
+        """The ``oracle`` estimator's ``log r`` at ``x: (B, d)``, ``sigma: (B,)``: the teacher's
+        exact noised density against a KDE of the live student's samples ``student: (N, d)``
         (:func:`dibregman.density.kde_log_ratio`, bandwidth by leave-one-out likelihood)."""
+        bandwidth = loo_bandwidth(student, points=self.ORACLE_BANDWIDTH_POINTS)
+        return kde_log_ratio(x, sigma, student, bandwidth, self.teacher.log_prob).float()
+
+    @torch.no_grad()
+    def _oracle_samples(self, rngs: list[torch.Generator]) -> list[Tensor]:
+        """``ratio.oracle_samples`` fresh samples of each member's live student, member ``k``'s
+        latents from ``rngs[k]`` (one batched forward pass for all)."""
         n = self.cfg.ratio.oracle_samples
-        latents = torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
+        latents = torch.cat([torch.randn(n, *self.teacher.shape, generator=rng,
+                                         device=self.device) for rng in rngs])
         with self.autocast:
-            student = member_module(self.student, member)(latents).float()
-        return kde_log_ratio(x, sigma, student, loo_bandwidth(student),
-                             self.teacher.log_prob).float()
+            return list(self.student(latents).float().split(n))
 
     def _log_ratio(self, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
         """``log r`` at the member-major rows ``x: (K B, *shape)``: the ratio network's, or,
@@ -308,8 +315,8 @@ class Distiller:
             return self.ratio.log_ratio(x, sigma, labels)
         rows = len(x) // self.members
         return torch.cat([self._oracle_log_ratio(x[k * rows:(k + 1) * rows],
-                                                 sigma[k * rows:(k + 1) * rows], k, rng)
-                          for k, rng in enumerate(self.rngs)])
+                                                 sigma[k * rows:(k + 1) * rows], student)
+                          for k, student in enumerate(self._oracle_samples(self.rngs))])
 
     def member_log_ratio(self, member: int, seed: int) -> LogRatioFn:
         """Member ``member``'s ratio estimate as a function of ``(x: (M, *shape), sigma:
@@ -326,8 +333,14 @@ class Distiller:
                 return log_r.clamp(-clamp, clamp).cpu()
 
             return estimate
-        return lambda x, sigma: self._oracle_log_ratio(
-            x, sigma, member, torch.Generator().manual_seed(seed)).cpu()
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        student = member_module(self.student, member)
+        n = self.cfg.ratio.oracle_samples
+        with torch.no_grad(), self.autocast:
+            samples = student(torch.randn(n, *self.teacher.shape, generator=rng,
+                                          device=self.device)).float()
+        return lambda x, sigma: self._oracle_log_ratio(x.to(self.device), sigma.to(self.device),
+                                                       samples).cpu()
 
     def student_step(self) -> list[dict[str, float]]:
         """One weighted distribution-matching update of the student (docs/method.md §3);
