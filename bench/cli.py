@@ -437,8 +437,11 @@ def sweep(
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v)
     console.print(f"sweep {spec.name}: {counts or 'no trials ended'} in "
                   f"{summary.wall_time_s:.0f} s; MLflow parent run {summary.parent_run_id}")
-    if summary.best:
-        console.print(f"best {spec.metric}: {summary.best[0]} = {summary.best[1]:.4g}")
+    if summary.arms:
+        console.print(f"{summary.headline} by arm, mean over finished seeds (the report says "
+                      f"which differences are real): " + "; ".join(
+                          f"{arm} {mean:.4g} ({n} seeds)" for arm, mean, n in summary.arms),
+                      highlight=False, soft_wrap=True)
     if summary.interrupted:
         err_console.print(f"interrupted: continue with `bench sweep {spec_path} --resume`")
         raise typer.Exit(code=130)

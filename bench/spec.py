@@ -14,8 +14,13 @@ A spec::
       - generator: [alpha]
         generator.alpha: [0.5, 2.0]
     controls:                      # grid only: validity controls the report checks
-      aa: {generator: alpha, generator.alpha: 1.0}            # reverse_kl under another name
-      positive: {generator: reverse_kl, train.generator_steps: 100}   # known to be worse
+      aa: {generator: reverse_kl, seed_stream: 1}   # the reference on independent randomness
+      positive: {generator: reverse_kl, train.lr: 7.0e-4}   # known to be slightly worse
+    budgets: [50, 100, 200, 400]   # generator steps at which every final metric is measured
+    confirmatory:                  # declared before the run: the family of verdicts
+      budgets: [100, 400]          # the headline at these budgets, every arm vs reverse_kl
+      time_to_target: true         # and the budget at which each arm first reaches the target
+    target: 1.1                    # within 10 % of the reference's value at the last budget
     seeds: [0, 1, 2]               # repetitions, not hyper-parameters
     seed_batch: 3                  # optional: seeds trained together in one trial (default 1)
     workers_per_trial: 1           # optional: processes one trial's run trains on (default 1)
@@ -39,6 +44,15 @@ worker holding ``resources`` (so one trial takes N times them, e.g. N GPUs); the
 ``train.batch_size`` must be a multiple of N. A run on several processes trains one seed, so it
 excludes ``seed_batch > 1``, and it excludes a ``scheduler``; with N > 1 ``resources.gpu`` is 0
 or a whole number (two ranks must not share a GPU).
+``budgets`` sets ``eval.budgets`` of every trial (the last step is always a budget). The
+``confirmatory`` family is what the report's Holm adjustment covers: the headline metric of
+every arm (controls included) against the reference at each of its ``budgets`` (default: the
+last step), plus, with ``time_to_target``, the paired budgets at which they first reach
+``target`` times the reference's mean at the last budget (divided by it for a higher-is-better
+headline). Every other comparison the report prints is labelled exploratory. The A/A control
+must be the reference's method (``reverse_kl`` or an equivalent generator) on another
+``seed_stream``: paired with the reference by seed but on independent randomness, so it
+measures the comparison's false-positive rate.
 ``generator`` is shorthand for ``generator.name`` wherever a config key is expected.
 Grid arms that train identically (weights equal up to a constant under batch-mean weight
 normalisation, :mod:`dibregman.equivalence`) are kept but recorded in ``SweepSpec.warnings``.
@@ -59,16 +73,22 @@ import yaml
 
 from dibregman.bregman import generator_names
 from dibregman.config import Config, ConfigError, config_keys, with_overrides
-from dibregman.equivalence import arm_label, normalize_arm, same_method_groups
+from dibregman.equivalence import (
+    arm_label,
+    equivalence_classes,
+    normalize_arm,
+    same_method_groups,
+)
 from dibregman.evaluate import curve_metrics, declared_metrics
 from dibregman.presets import get_preset, preset_names
 from dibregman.results import Stage
 from dibregman.validation import validate
 
 KEY_ALIASES = {"generator": "generator.name"}
-TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "seeds", "seed_batch",
-                  "workers_per_trial", "search", "scheduler", "metric", "headline", "mode",
-                  "resources", "max_concurrent", "time_budget_s")
+TOP_LEVEL_KEYS = ("name", "preset", "set", "grid", "controls", "budgets", "confirmatory",
+                  "target", "seeds", "seed_batch", "workers_per_trial", "search", "scheduler",
+                  "metric", "headline", "mode", "resources", "max_concurrent", "time_budget_s")
+REFERENCE = "reverse_kl"  # the arm every other arm is compared with
 # Validity controls of a grid sweep: an A/A arm (the reference's method under another name: the
 # report must never flag it) and a positive arm (known to differ: the report must flag it).
 CONTROL_ROLES = {"aa": "A/A control", "positive": "positive control"}
@@ -107,6 +127,18 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
+class ConfirmatorySpec:
+    """The verdicts a sweep declares before it runs: the headline at ``budgets`` and, with
+    ``time_to_target``, the time to reach the target; the report adjusts over these only."""
+
+    budgets: tuple[int, ...]
+    time_to_target: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budgets": list(self.budgets), "time_to_target": self.time_to_target}
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A validated sweep.
 
@@ -133,6 +165,10 @@ class SweepSpec:
             the control arms are the last points of ``grid``.
         headline: the final metric the report ranks and compares arms by (None: the one the
             evaluator declares), e.g. the metric with the best signal-to-noise on the task.
+        budgets: the generator steps every final metric is measured at, the last included.
+        confirmatory: the family of verdicts declared before the run
+            (:class:`ConfirmatorySpec`).
+        target: time-to-target's factor on the reference's value at the last budget.
     """
 
     path: Path
@@ -154,6 +190,9 @@ class SweepSpec:
     headline: str | None = None
     seed_batch: int = 1
     workers_per_trial: int = 1
+    budgets: tuple[int, ...] = ()
+    confirmatory: ConfirmatorySpec = field(default_factory=lambda: ConfirmatorySpec(()))
+    target: float = 1.1
 
     def base_config(self) -> Config:
         """The preset with the spec's base overrides applied."""
@@ -342,6 +381,19 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
             grid.append(point)
             where_in_spec.append(f"controls.{role}")
 
+    budgets = _parse_budgets(data.get("budgets"), [with_overrides(base, p) for p in grid], fail)
+    if budgets:
+        overrides["eval.budgets"] = budgets
+        base = with_overrides(base, {"eval.budgets": budgets})
+    confirmatory = _parse_confirmatory(data.get("confirmatory", {}), budgets, fail)
+    target = data.get("target", 1.1)
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not target >= 1:
+        raise fail("target", f"{target!r} must be a number >= 1 (1.1: within 10 % of the "
+                             f"reference's value at the last budget)")
+    if search is not None and ("budgets" in data or "confirmatory" in data):
+        raise fail("budgets" if "budgets" in data else "confirmatory",
+                   "budgets and a confirmatory family belong to a grid sweep, not a search")
+
     for index, point in enumerate(grid):
         for seed in seeds:
             try:
@@ -396,7 +448,41 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         warnings=(_duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
                   if search is None else []),
         controls=controls, headline=top, seed_batch=seed_batch, workers_per_trial=workers,
+        budgets=budgets, confirmatory=confirmatory, target=float(target),
     )
+
+
+def _parse_budgets(value: Any, configs: list[Config], fail) -> tuple[int, ...]:
+    """``budgets``: increasing generator steps within every arm's training (empty: none)."""
+    if value is None:
+        return ()
+    steps = min(cfg.train.generator_steps for cfg in configs)
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in value)
+            or not all(0 < b <= steps for b in value) or value != sorted(set(value))):
+        raise fail("budgets", f"{value!r} must be increasing generator steps from 1 to "
+                              f"{steps} (every arm's train.generator_steps), e.g. [50, 100, "
+                              f"{steps}]")
+    return tuple(value)
+
+
+def _parse_confirmatory(value: Any, budgets: tuple[int, ...], fail) -> ConfirmatorySpec:
+    """``confirmatory: {budgets: [...], time_to_target: bool}``; its budgets among the
+    spec's (default: the last step, which every run measures)."""
+    _check_mapping(value, "confirmatory", ("budgets", "time_to_target"), fail)
+    chosen = value.get("budgets", [budgets[-1]] if budgets else [])
+    if (not isinstance(chosen, list)
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in chosen)
+            or len(set(chosen)) != len(chosen) or not set(chosen) <= set(budgets)):
+        raise fail("confirmatory.budgets", f"{chosen!r} must be distinct steps among budgets "
+                                           f"{list(budgets) or '(none declared)'}")
+    time_to_target = value.get("time_to_target", False)
+    if not isinstance(time_to_target, bool):
+        raise fail("confirmatory.time_to_target", f"{time_to_target!r} must be true or false")
+    if time_to_target and len(budgets) < 2:
+        raise fail("confirmatory.time_to_target", "needs at least two budgets to reach a "
+                                                  "target at")
+    return ConfirmatorySpec(tuple(sorted(chosen)), time_to_target)
 
 
 def _parse_controls(value: Any, grid: list[dict[str, Any]], fail) -> dict[str, dict[str, Any]]:
@@ -417,11 +503,32 @@ def _parse_controls(value: Any, grid: list[dict[str, Any]], fail) -> dict[str, d
                                            "{generator: alpha, generator.alpha: 1.0}")
         if arm_name(point) in names:
             raise fail(f"controls.{role}", f"{arm_name(point)!r} is already a grid arm; a "
-                                           f"control needs its own name (e.g. reverse KL as "
-                                           f"generator: alpha, generator.alpha: 1.0)")
+                                           f"control needs its own name (e.g. reverse KL on "
+                                           f"another random stream, seed_stream: 1)")
+        if role == "aa" and not _is_reference_method(point):
+            raise fail("controls.aa", f"{arm_name(point)!r} must be the reference's method, "
+                                      f"{REFERENCE} (or a generator equal to it up to a "
+                                      f"constant), on another random stream (seed_stream >= "
+                                      f"1) and nothing else changed: an A/A arm that differs "
+                                      f"measures a difference, not the false-positive rate")
         names.add(arm_name(point))
         controls[role] = point
     return controls
+
+
+def _is_reference_method(point: dict[str, Any]) -> bool:
+    """Whether a control point is the reference on another random stream: ``seed_stream >=
+    1``, a generator that trains as :data:`REFERENCE` (:mod:`dibregman.equivalence`), and no
+    other key."""
+    stream = point.get("seed_stream", 0)
+    others = set(point) - {"seed_stream", "generator.name", "generator.alpha"}
+    if others or not isinstance(stream, int) or isinstance(stream, bool) or stream < 1:
+        return False
+    name = str(point.get("generator.name", REFERENCE))
+    alpha = point.get("generator.alpha", 0.5)
+    if name not in generator_names() or not isinstance(alpha, (int, float)):
+        return False
+    return len(equivalence_classes([(name, float(alpha)), (REFERENCE, 0.5)])) == 1
 
 
 def _duplicate_warnings(base: Config, grid: list[dict[str, Any]], n_seeds: int) -> list[str]:

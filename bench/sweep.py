@@ -25,25 +25,25 @@ be shared by every node).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import ray
 from ray import tune
-from ray.tune import Callback, Checkpoint
-from ray.tune.experiment import Trial
+from ray.tune import Checkpoint
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 
-from bench.spec import Domain, SpecError, SweepSpec, batch_name, trial_name
+from bench.progress import LiveView
+from bench.spec import Domain, SpecError, SweepSpec, batch_name
 from bench.tracking import (
+    MEASURED,
     SweepTracker,
     open_store,
     resolve_tracking_uri,
@@ -52,8 +52,8 @@ from bench.tracking import (
 )
 from dibregman.config import Config, from_dict, to_dict, with_overrides
 from dibregman.distributed import DEFAULT_TIMEOUT
-from dibregman.evaluate import curve_metrics
-from dibregman.results import Status
+from dibregman.evaluate import curve_metrics, declared_metrics
+from dibregman.results import Status, headline
 from dibregman.run import (
     CHECKPOINT_DIR,
     CHECKPOINT_FILE,
@@ -116,7 +116,10 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], experiment_p
         if checkpoint_dir is not None and record["step"] != checkpointed_step[0]:
             checkpointed_step[0] = record["step"]
             checkpoint = Checkpoint.from_directory(stage_checkpoints(stage, seeds, run_dirs))
-        tune.report({**latest[k], **record, "seed": seeds[k],
+        # ``latest`` is for Tune alone (a restored trial must report the sweep's metric before
+        # its next evaluation); ``measured`` names what this record measured, all that the
+        # tracker logs, so MLflow's curves hold real evaluations only.
+        tune.report({**latest[k], **record, "seed": seeds[k], MEASURED: ",".join(record),
                      "checkpointed": checkpoint_dir is not None}, checkpoint=checkpoint)
         reported_final[k] = bool(record.get("final"))
 
@@ -254,112 +257,17 @@ def tune_domain(domain: Domain) -> Any:
 
 @dataclass
 class SweepSummary:
-    """What a sweep did: where, how many trials ended how, the best trial."""
+    """What a sweep did: where, how many runs ended how, and each arm's mean headline over
+    its finished seeds (``(arm, mean, seeds)``, best first; :meth:`LiveView.arms`)."""
 
     experiment_path: str
     parent_run_id: str
     tracking_uri: str
     counts: dict[str, int]
-    best: tuple[str, float] | None
+    arms: list[tuple[str, float, int]]
     interrupted: bool
     wall_time_s: float
-
-
-class LiveView(Callback):
-    """A compact console view (one line per ended run: counts by status, best so far) that
-    also keeps the tally of how every run of the sweep ended, restored ones included.
-
-    Runs are keyed ``(trial id, seed)``: a trial of a seed batch holds several.
-    """
-
-    # Tuner.restore brings back the callbacks pickled with the experiment, not the ones the
-    # driver builds for the resumed session: the view in use registers itself here.
-    active: ClassVar[LiveView | None] = None
-
-    def __init__(self, spec: SweepSpec, total: int, console: Console) -> None:
-        self.spec = spec
-        self.total = total
-        self.console = console
-        self.ended: dict[tuple[str, int], Status] = {}  # (trial id, seed) -> how it ended
-        self.best: tuple[str, float] | None = None
-        self.all_trials: list[Trial] | None = None
-        self.started = False
-        LiveView.active = self
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment state; a console holds locks.
-        return {k: v for k, v in self.__dict__.items() if k != "console"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.console = Console()
-        self.started = False
-        LiveView.active = self
-
-    @staticmethod
-    def run_name(trial: Trial, seed: int) -> str:
-        return trial_name({**trial.config["overrides"], "seed": seed})
-
-    def _end(self, trial: Trial, seed: int, status: Status, value: Any,
-             trials: list[Trial] | None) -> None:
-        self.ended[(trial.trial_id, seed)] = status
-        if status is Status.FINISHED and isinstance(value, float) and math.isfinite(value) and (
-                self.best is None or (value < self.best[1] if self.spec.mode == "min"
-                                      else value > self.best[1])):
-            self.best = (self.run_name(trial, seed), value)
-        if trials is not None:
-            self._line(trial, seed, value, trials)
-
-    def _end_unfinished(self, trial: Trial, status: Status, trials: list[Trial] | None) -> None:
-        """Every run of ``trial`` that reported no final record ended ``status``."""
-        for seed in trial.config["seeds"]:
-            if (trial.trial_id, seed) not in self.ended:
-                self._end(trial, seed, status, None, trials)
-
-    def counts(self) -> dict[str, int]:
-        """How many runs ended each way (every ending status, zeros included)."""
-        counts = {str(s): 0 for s in Status if s is not Status.RUNNING}
-        for status in self.ended.values():
-            counts[str(status)] += 1
-        return counts
-
-    def _line(self, trial: Trial, seed: int, value: Any, trials: list[Trial]) -> None:
-        shown = f"{self.spec.metric} {value:.4g}" if isinstance(value, float) else ""
-        counts = {**self.counts(),
-                  "running trials": sum(t.status == Trial.RUNNING for t in trials)}
-        listed = "  ".join(f"{k} {v}" for k, v in counts.items() if v)
-        best = f"best {self.best[0]} {self.best[1]:.4g}" if self.best else ""
-        self.console.print(f"[{len(self.ended)}/{self.total}] {self.run_name(trial, seed)} "
-                           f"{self.ended[(trial.trial_id, seed)]} {shown}  |  {listed}  |  "
-                           f"{best}", highlight=False, soft_wrap=True)
-
-    def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
-        if not self.started:  # a restored sweep: trials that ended in an earlier session
-            self.started = True
-            for trial in trials:
-                if trial.status == Trial.TERMINATED:
-                    self._end_unfinished(trial, Status.FINISHED, None)
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
-                        **info) -> None:
-        if result.get("final"):
-            self._end(trial, int(result["seed"]), Status(result["status"]),
-                      result.get(self.spec.metric), trials)
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info):
-        self._end_unfinished(trial, Status.STOPPED, trials)
-
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info):
-        self._end_unfinished(trial, Status.FAILED, trials)
-
-    def on_experiment_end(self, trials: list[Trial], **info) -> None:
-        self.all_trials = list(trials)
-
-    def interrupted(self) -> bool:
-        """True if some run neither ended nor failed (Ctrl-C, a killed driver)."""
-        if self.all_trials is None:
-            return True
-        return len(self.ended) < sum(len(t.config["seeds"]) for t in self.all_trials)
+    headline: str
 
 
 def expanded_trials(spec: SweepSpec) -> list[str]:
@@ -511,7 +419,9 @@ def run_sweep(
         raise
     total = spec.search.num_samples if spec.search else len(spec.trials())  # runs
     trials = spec.search.num_samples if spec.search else len(spec.grid) * len(spec.seed_batches())
-    view = LiveView(spec, total, console)
+    declared = {m.key: m for m in declared_metrics(spec.base_config())}
+    shown = declared.get(spec.headline or "", None) or headline(list(declared.values()))
+    view = LiveView(spec, total, console, (shown.key, shown.direction.mode == "min"))
 
     base = spec.base_config()
     workers = spec.workers_per_trial
@@ -546,7 +456,11 @@ def run_sweep(
                                run_config=run_config)
         console.print(f"sweep {spec.name}: {total} runs in {trials} trials · Ray experiment "
                       f"{experiment_path} · MLflow {uri}", highlight=False)
-        tuner.fit()
+        view.start()
+        try:
+            tuner.fit()
+        finally:
+            (LiveView.active or view).stop()
     except KeyboardInterrupt:
         pass  # a second Ctrl-C: Tune skipped its last snapshot; the sweep is interrupted
     except BaseException:
@@ -560,8 +474,8 @@ def run_sweep(
     out_of_time = spec.time_budget_s is not None and elapsed >= spec.time_budget_s
     interrupted = view.interrupted() and not out_of_time
     tracker.close("KILLED" if interrupted else "FAILED" if counts[Status.FAILED] else "FINISHED")
-    return SweepSummary(str(experiment_path), tracker.parent_run_id, uri, counts, view.best,
-                        interrupted, elapsed)
+    return SweepSummary(str(experiment_path), tracker.parent_run_id, uri, counts, view.arms(),
+                        interrupted, elapsed, view.headline)
 
 
 def _param_space(spec: SweepSpec) -> dict[str, Any]:

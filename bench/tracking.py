@@ -52,13 +52,18 @@ TRIAL_TAG = "ray.trial_id"
 ARM_TAG = "arm"  # a grid trial's arm name (bench.spec.arm_name): the report's label
 HEADLINE_TAG = "sweep.headline"  # the final metric the report ranks and compares arms by
 CONTROLS_TAG = "sweep.controls"  # JSON {role: arm name} of the spec's validity controls
+# JSON of the spec's budgets, confirmatory family and time-to-target factor: declared before
+# the first trial runs, what the report's verdicts are made on.
+PROTOCOL_TAG = "sweep.protocol"
 # A child run's records are written to MLflow in batches of this many (each batch one store
 # transaction), at every checkpoint (so after a kill MLflow holds what the run resumes from)
 # and when the run ends: a seed batch reports ten runs' records at once.
 FLUSH_RECORDS = 10
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch call
+# A trial's report names the keys its record measured (comma-separated) under this key.
+MEASURED = "measured"
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "step", "final", "should_checkpoint", "trial_id",
-               "experiment_tag", "seed", "checkpointed"}
+               "experiment_tag", "seed", "checkpointed", MEASURED}
 
 
 def trial_dir(experiment_path: str | Path, trial_id: str) -> Path:
@@ -125,9 +130,15 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def _finite_metrics(record: dict[str, Any], step: int, timestamp: int) -> list[Metric]:
+    """The record's numbers as MLflow metrics at ``step``; a record from a trial logs only the
+    keys it names under :data:`MEASURED` (the rest repeat earlier values for Tune's sake)."""
+    measured = record.get(MEASURED)
+    keys = set(measured.split(",")) if isinstance(measured, str) else None
     metrics = []
     for key, value in record.items():
         if key in NOT_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if keys is not None and key not in keys:
             continue
         value = float(value)
         metrics.append(Metric(key, value if math.isfinite(value) else float("nan"),
@@ -155,7 +166,6 @@ class SweepTracker(Callback):
         self.run_ids: dict[str, str] = {}
         self.tracking_uri = client.tracking_uri
         self.logged_step: dict[str, int] = {}
-        self.logged_keys: dict[str, set[str]] = {}
         self.pending: dict[str, list[list[Metric]]] = {}  # run id -> records not yet written
         # Child runs that had finished before this driver started (a resume): Tune may run or
         # report such a trial again when its last snapshot predates the kill; MLflow keeps the
@@ -171,7 +181,7 @@ class SweepTracker(Callback):
         # is read again from MLflow (the record) by _child, not taken from the snapshot.
         self.__dict__.update(state)
         self.client = MlflowClient(self.tracking_uri)
-        self.run_ids, self.logged_step, self.logged_keys = {}, {}, {}
+        self.run_ids, self.logged_step = {}, {}
         self.pending, self.finished_before = {}, set()
 
     # -- parent ----------------------------------------------------------------------------------
@@ -200,6 +210,9 @@ class SweepTracker(Callback):
                 "sweep.mode": spec.mode,
                 "sweep.kind": "search" if spec.search else "grid",
                 CONTROLS_TAG: json.dumps(spec.controls),
+                PROTOCOL_TAG: json.dumps({"budgets": list(spec.budgets),
+                                          "confirmatory": spec.confirmatory.to_dict(),
+                                          "target": spec.target}),
                 "code.version": __version__,
                 "code.git_revision": git_revision(),
             })
@@ -243,7 +256,6 @@ class SweepTracker(Callback):
             self.client.update_run(run_id, status="RUNNING")
             history = self.client.get_metric_history(run_id, ELAPSED)
             self.logged_step[run_id] = max((m.step for m in history), default=-1)
-            self.logged_keys[run_id] = set(found[0].data.metrics)
         else:
             cfg = with_overrides(self.spec.base_config(), overrides)
             name = trial_name(overrides)
@@ -263,11 +275,12 @@ class SweepTracker(Callback):
                 "code.version": __version__,
                 "code.git_revision": git_revision(),
             }).info.run_id
-            params = [Param(k, str(v)) for k, v in flatten(cfg).items()]
+            # Tuples in the --set spelling (a,b,c), which with_overrides parses back.
+            params = [Param(k, ",".join(map(str, v)) if isinstance(v, tuple) else str(v))
+                      for k, v in flatten(cfg).items()]
             for start in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[start:start + 100])
             self.logged_step[run_id] = -1
-            self.logged_keys[run_id] = set()
         self.run_ids[key] = run_id
         return run_id
 
@@ -286,11 +299,11 @@ class SweepTracker(Callback):
         step = int(result.get("step", 0))
         metrics = _finite_metrics(result, step, int(time.time() * 1000))
         if result.get("final"):
-            # The final metrics (names carry their sample counts), once, at the last step; the
-            # curve values repeated in the final report are logged already. The elapsed time is
-            # logged again: at the same step with a later timestamp, it is the run's final value.
-            metrics = [m for m in metrics
-                       if m.key not in self.logged_keys[run_id] or m.key == ELAPSED]
+            # The final metrics (names carry their sample counts), once, at the last step:
+            # each is the last point of its curve when the run also measured it at budgets
+            # (the values the trial repeats for Tune are not among the measured keys). The
+            # elapsed time is logged again: at the same step with a later timestamp, it is the
+            # run's final value.
             self._flush(run_id, final=metrics,
                         tags=[RunTag("status", str(result["status"]))])
             return
@@ -298,7 +311,6 @@ class SweepTracker(Callback):
             return  # logged before a restore
         self.pending.setdefault(run_id, []).append(metrics)
         self.logged_step[run_id] = step
-        self.logged_keys[run_id].update(m.key for m in metrics)
         if len(self.pending[run_id]) >= FLUSH_RECORDS or result.get("checkpointed"):
             self._flush(run_id)
 

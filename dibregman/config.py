@@ -241,6 +241,11 @@ class EvalConfig:
             run is measured on the same reference set).
         fid_n: image teachers: samples for Inception FID (clean-fid "clean" mode) against the
             training set; 0 skips it (Inception on a CPU is slow).
+        budgets: generator steps at which the run also measures its final metrics (on
+            ``n_final`` samples of the evaluation latents, as at the end; those the evaluator
+            measures at budgets, ``Evaluator.budget``: all but the costliest), so that a sweep
+            can compare arms at every budget; the last step is always measured in full.
+            Empty: the last step only.
         ratio_check_n: teachers with an exact density: live-student samples for the KDE of the
             live ratio check at every evaluation (:mod:`dibregman.ratio_check`), which checks
             a quarter as many points of each side (student and teacher) at every level; 0
@@ -256,6 +261,7 @@ class EvalConfig:
     n_mmd: int = 2000
     seed: int = 1234
     fid_n: int = 0
+    budgets: tuple[int, ...] = ()
     ratio_check_n: int = 1000
 
 
@@ -268,6 +274,12 @@ class Config:
         teacher: teacher registry name (``mixture``: the Gaussian mixture of ``mixture``;
             ``image``; or a plugin's; see :mod:`dibregman.teachers.registry`).
         seed: repetition seed: networks, latents and noise all derive from it.
+        seed_stream: which random streams a seed draws (0: the default). Two runs with the
+            same seed and different streams share no random number: a sweep's A/A control is
+            the reference method on stream 1, paired with the reference by seed but on
+            independent randomness (its own initialisation, latents and noise), so it
+            measures the false-positive rate of the comparison. The evaluation latents
+            (``eval.seed``) are the same for every stream.
         log_every: write a diagnostics record every this many generator steps.
         checkpoint_every: save a resumable checkpoint every this many generator steps.
         num_threads: torch intra-op threads during the run (0 keeps torch's setting). The toy
@@ -284,6 +296,7 @@ class Config:
     preset: str = "gmm2d"
     teacher: str = "mixture"
     seed: int = 0
+    seed_stream: int = 0
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     image_teacher: ImageTeacherConfig = field(default_factory=ImageTeacherConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

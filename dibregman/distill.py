@@ -41,6 +41,7 @@ up to float rounding (``tests/test_distributed.py``) and a checkpoint resumes at
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -76,6 +77,18 @@ from dibregman.teachers import Teacher
 
 _NETWORKS = ("student", "student_ema", "fake")
 _OPTIMIZERS = ("opt_student", "opt_fake", "opt_ratio")
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed a run's generators derive from (``2 s`` and ``2 s + 1``): ``seed`` itself on
+    stream 0 (every run before streams existed); on stream ``k >= 1`` a 31-bit hash of
+    ``(seed, k)`` (SHA-256), so that another stream of a seed shares no generator with it or,
+    but for a chance of about one in 2^31 per seed, with any stream-0 run of the sweep
+    (``config.seed_stream``). Hashed, not offset: torch's CPU generator keeps only the low
+    32 bits of a seed, so ``seed + k 2^32`` would draw exactly stream 0's numbers."""
+    if stream == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}/{stream}".encode()).hexdigest(), 16) % 2**31
 
 
 def apply_update(losses: Tensor, optimizer: torch.optim.Optimizer, module: torch.nn.Module,
@@ -158,9 +171,10 @@ class Distiller:
         distributed.check_shardable(train.batch_size, self.members)
         self.h = get_generator(cfg.generator.name, cfg.generator.alpha)
         self.device = distributed.local_device(resolve_device(cfg.device))
-        init_rngs = [torch.Generator().manual_seed(2 * seed) for seed in self.seeds]
+        streams = [stream_seed(seed, cfg.seed_stream) for seed in self.seeds]
+        init_rngs = [torch.Generator().manual_seed(2 * seed) for seed in streams]
         self.rngs = [torch.Generator(device=self.device).manual_seed(2 * seed + 1)
-                     for seed in self.seeds]
+                     for seed in streams]
         built = [build_networks(cfg, teacher, rng) for rng in init_rngs]
         self.student, self.fake, ratio_net = (stack_members([b[i] for b in built])
                                               for i in range(3))
@@ -429,6 +443,34 @@ class Distiller:
             self.member_steps[k] = self.generator_step
         return [{**c, **s, STEP_RECORD_KEY: float(total)}
                 for c, s, total in zip(critic, student, self.nonfinite_total, strict=True)]
+
+    def evaluation_counts(self, generator_step: int) -> dict[str, float]:
+        """Network evaluations (one per sample) a run has spent by ``generator_step``, counted
+        from the schedule (each member of a seed batch spends its own):
+
+        * ``teacher_evaluations``: the regression pairs' ODE (``regression_pairs`` x the Heun
+          sampler's evaluations, once), the teacher's score at every student sample, and the
+          teacher-side draws of the critic steps when they run the teacher's sampler;
+        * ``critic_evaluations``: the fake score and the ratio network, in the critic steps
+          (fake on ``B`` student samples, ratio on ``B`` of each side) and the student steps
+          (both at the ``B`` noised student samples; the ratio again for the GAN term).
+
+        The warm-up's ``fake_warmup_steps`` critic steps count from step 0.
+        """
+        train, batch, teacher = self.cfg.train, self.cfg.train.batch_size, self.teacher
+        fitted = 1 if self.ratio.fitted else 0
+        critic_steps = (train.fake_warmup_steps
+                        + generator_step * train.critic_steps_per_generator_step)
+        side = (0 if self.cfg.ratio.teacher_side == "data" or teacher.exact_sampler
+                else teacher.sampler_evaluations)
+        pairs = (train.regression_pairs * teacher.sampler_evaluations if self.pairs is not None
+                 else 0)
+        gan = 1 if train.gan_weight > 0 else 0
+        return {
+            "teacher_evaluations": float(pairs + batch * (generator_step + side * critic_steps)),
+            "critic_evaluations": float(batch * (critic_steps * (1 + 2 * fitted)
+                                                 + generator_step * (1 + fitted + gan))),
+        }
 
     def warmup(self) -> list[dict[str, float]]:
         """``train.fake_warmup_steps`` critic steps before the first student update."""

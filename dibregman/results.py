@@ -121,6 +121,14 @@ COST_METRICS = (
     MetricSpec(ELAPSED, "wall_time", "run time s", None, Direction.LOWER, Role.COST),
     MetricSpec("steps_per_s", "steps_per_s", "steps/s", None, Direction.HIGHER, Role.COST),
 )
+# What a run has spent by each record (dibregman.distill.Distiller.evaluation_counts): network
+# evaluations of one sample each, the budget axis beside generator steps and wall seconds.
+BUDGET_COSTS = (
+    MetricSpec("teacher_evaluations", "teacher_evaluations", "teacher evaluations", None,
+               Direction.LOWER, Role.COST, Stage.CURVE),
+    MetricSpec("critic_evaluations", "critic_evaluations", "critic evaluations", None,
+               Direction.LOWER, Role.COST, Stage.CURVE),
+)
 
 
 # The live ratio check's summary (dibregman/ratio_check.py), logged at every evaluation of a run

@@ -4,8 +4,10 @@ A run directory holds:
 
 * ``config.json``: the resolved config; ``provenance.json``: package versions, git revision,
   the metric protocol and the declared metrics (:mod:`dibregman.results`);
-* ``metrics.jsonl``: one JSON record every ``log_every`` generator steps (diagnostics, plus
-  curve metrics every ``eval.every`` steps, step 0 included);
+* ``metrics.jsonl``: one JSON record every ``log_every`` generator steps and at every
+  evaluation (diagnostics and the network evaluations spent so far, plus the curve metrics
+  every ``eval.every`` steps, step 0 included, and every final metric at each of
+  ``eval.budgets``);
 * ``ratio_check.jsonl`` (teachers with an exact density): at every evaluation, one row per
   noise level of the live ratio check (:mod:`dibregman.ratio_check`): ``step``, ``sigma`` and
   the estimate's agreement with the truth; its summary goes into the record
@@ -425,6 +427,14 @@ class _SeedBatch:
                 metrics.update(check.summary(rows))
             return metrics
 
+        def measure_budget(k: int) -> dict[str, float]:
+            """Member ``k``'s metrics at a budget short of the end (rank 0; the evaluator's
+            :meth:`~dibregman.evaluators.Evaluator.budget` choice of its final metrics)."""
+            if not main:
+                return {}
+            samples = distiller.sample(cfg.eval.n_final, cfg.eval.seed, k)
+            return self.evaluator.budget(samples, distiller.sample_labels(len(samples)))
+
         def finish(k: int) -> None:
             def conclude() -> RunResult:
                 status = (Status.DIVERGED if distiller.status[k] is Status.DIVERGED
@@ -447,22 +457,28 @@ class _SeedBatch:
         try:
             if fresh:
                 warm = distiller.warmup()
-                log({k: {**warm[k], **evaluate(k)} for k in members}, checkpoint=False)
+                log({k: {**warm[k], **evaluate(k), **distiller.evaluation_counts(0)}
+                     for k in members}, checkpoint=False)
             for k in members:
                 if distiller.status[k] is Status.DIVERGED:  # resumed at its divergence
                     finish(k)
             total = cfg.train.generator_steps
+            budgets = set(cfg.eval.budgets) - {total}  # the last step: the final record's
             while distiller.generator_step < total and distiller.running():
                 running = distiller.running()
                 step_records = distiller.step()
                 step = distiller.generator_step
+                evaluated = step % cfg.eval.every == 0 or step == total
                 entries = {}
                 for k in running:
-                    record = step_records[k]
-                    if step % cfg.eval.every == 0 or step == total:
+                    record = {**step_records[k], **distiller.evaluation_counts(step)}
+                    if evaluated:
                         record.update(evaluate(k))
-                    if (step % cfg.log_every == 0 or step == total
-                            or distiller.status[k] is Status.DIVERGED):
+                    if step in budgets and distiller.status[k] is Status.RUNNING:
+                        record.update(measure_budget(k))
+                    # Every evaluation is recorded, whatever the record interval.
+                    if (step % cfg.log_every == 0 or step == total or evaluated
+                            or step in budgets or distiller.status[k] is Status.DIVERGED):
                         entries[k] = record
                 if entries:
                     log(entries, checkpoint=step % cfg.checkpoint_every == 0 or step == total)

@@ -113,6 +113,12 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
         (train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (train.sigma_grid_size >= 2, "train.sigma_grid_size must be >= 2"),
         (0 <= cfg.seed < 2**32, "seed must be in [0, 2^32)"),
+        (0 <= cfg.seed_stream < 1024, "seed_stream must be in [0, 1024)"),
+        (all(0 < b <= train.generator_steps for b in ev.budgets),
+         f"eval.budgets must lie in [1, train.generator_steps={train.generator_steps}], got "
+         f"{','.join(str(b) for b in ev.budgets)}"),
+        (list(ev.budgets) == sorted(set(ev.budgets)),
+         "eval.budgets must be increasing, without repeats"),
         (train.fake_lr_scale > 0, "train.fake_lr_scale must be > 0"),
         (train.ratio_lr_scale > 0, "train.ratio_lr_scale must be > 0"),
         (0 <= train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),

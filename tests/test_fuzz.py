@@ -24,7 +24,7 @@ BASE_SPEC = {
     "seed_batch": 2,
     "grid": [{"generator": ["reverse_kl", "pearson"]},
              {"generator": ["alpha"], "generator.alpha": [0.5]}],
-    "controls": {"aa": {"generator": "alpha", "generator.alpha": 1.0}},
+    "controls": {"aa": {"generator": "reverse_kl", "seed_stream": 1}},
     "headline": "off_mode_n512", "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 2,
     "time_budget_s": 60,
 }

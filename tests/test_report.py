@@ -325,40 +325,6 @@ def test_without_a_reference_arm_nothing_is_claimed():
 
 
 
-@pytest.mark.parametrize("aa_factor, positive_factor, aa_outcome, positive_outcome", [
-    (1.0, 3.0, "no detectable difference; behaved", "worse; behaved"),
-    (3.0, 1.0, "worse; MISBEHAVED", "no detectable difference; MISBEHAVED"),
-])
-def test_the_report_says_whether_the_validity_controls_behaved(aa_factor, positive_factor,
-                                                               aa_outcome, positive_outcome):
-    """The A/A control must get no verdict and the positive control one; the first lines of
-    the verdicts say which happened. A factor of 1 copies the reference's values exactly (an
-    arm that trains identically)."""
-    controls = {"aa": "alpha α=1", "positive": "reverse_kl train.generator_steps=2"}
-    data = synthetic_sweep({"reverse_kl": 1.0, "alpha α=1": aa_factor,
-                            "reverse_kl train.generator_steps=2": positive_factor}, seeds=9,
-                           controls=controls)
-    runs = data.runs
-    for label, factor in (("alpha α=1", aa_factor),
-                          ("reverse_kl train.generator_steps=2", positive_factor)):
-        if factor == 1.0:
-            runs.loc[runs.label == label, FD.key] = runs[runs.label == "reverse_kl"][FD.key].values
-    comparison = compare(data, order_labels(data, summarise(data)))
-    lines = verdict_lines(data, comparison)
-    assert lines[0].startswith("Validity control, A/A control alpha α=1 (")
-    assert aa_outcome in lines[0]
-    assert lines[1].startswith("Validity control, positive control "
-                               "reverse_kl train.generator_steps=2 (")
-    assert positive_outcome in lines[1]
-
-
-def test_a_control_without_enough_seeds_is_reported_as_unchecked():
-    data = synthetic_sweep({"reverse_kl": 1.0, "alpha α=1": 1.0}, seeds=1,
-                           controls={"aa": "alpha α=1"})
-    comparison = compare(data, order_labels(data, summarise(data)))
-    assert "too few seeds; could not be checked" in verdict_lines(data, comparison)[0]
-
-
 def test_provenance_paths_inside_the_repo_are_relative_to_it():
     from bench.report.pages import repo_relative
 

@@ -40,21 +40,25 @@ def test_shipped_specs_are_valid():
 
 
 def test_default_sweep_holds_one_arm_per_method_and_both_controls():
-    """Every registered generator is an arm or equivalent to one (logistic, power); no two arms
-    are the same method (no warnings); 10 seeds, enough for Holm over its 12 comparisons."""
+    """Every named generator is an arm (the alpha and power families are left to the alpha
+    search); no two arms are the same method (no warnings); the A/A control is reverse_kl on
+    another random stream, the positive control a mild learning-rate change; 16 seeds; the
+    confirmatory family is declared."""
+    spec = load_spec(SWEEPS / "divergences.yaml")
+    names = {t["generator.name"] for t in spec.trials()}
     from dibregman.bregman import generator_names
     from dibregman.equivalence import known_equivalences
 
-    spec = load_spec(SWEEPS / "divergences.yaml")
-    names = {t["generator.name"] for t in spec.trials()}
     covered = names | {label.split()[0] for group in known_equivalences()
                        if any(member.split()[0] in names for member in group)
                        for label in group}
-    assert covered >= set(generator_names())
+    assert covered >= set(generator_names()) - {"alpha", "power"}
     assert spec.warnings == []
-    assert spec.controls == {"aa": "alpha α=1",
-                             "positive": "reverse_kl train.generator_steps=100"}
-    assert len(spec.seeds) == 10 and len(spec.grid) == 13
+    assert spec.controls == {"aa": "reverse_kl seed_stream=1",
+                             "positive": "reverse_kl train.lr=0.0007"}
+    assert len(spec.seeds) == 16 and spec.seed_batch == 16 and len(spec.grid) == 11
+    assert spec.budgets == (50, 100, 200, 400)
+    assert spec.confirmatory.budgets == (100, 400) and spec.confirmatory.time_to_target
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -188,21 +192,35 @@ def test_sweep_dry_run_prints_the_warning_and_exits_0(tmp_path, monkeypatch):
 
 def test_controls_become_the_last_grid_arms_with_their_own_names(tmp_path):
     spec = load_spec(write(tmp_path, {**BASE, "grid": {"generator": ["reverse_kl", "pearson"]},
-                                      "controls": {"aa": {"generator": "alpha",
-                                                          "generator.alpha": 1.0},
+                                      "controls": {"aa": {"generator": "reverse_kl",
+                                                          "seed_stream": 1},
                                                    "positive": {"generator": "reverse_kl",
-                                                                "train.generator_steps": 2}}}))
-    assert spec.controls == {"aa": "alpha α=1", "positive": "reverse_kl train.generator_steps=2"}
+                                                                "train.lr": 7e-4}}}))
+    assert spec.controls == {"aa": "reverse_kl seed_stream=1",
+                             "positive": "reverse_kl train.lr=0.0007"}
     assert [arm_name(point) for point in spec.grid] == [
-        "reverse_kl", "pearson", "alpha α=1", "reverse_kl train.generator_steps=2"]
-    assert spec.warnings == []  # the A/A control duplicates reverse_kl on purpose
+        "reverse_kl", "pearson", "reverse_kl seed_stream=1", "reverse_kl train.lr=0.0007"]
+    assert spec.warnings == []  # the A/A control is the reference's method on purpose
+
+
+def test_an_aa_control_may_be_an_equivalent_generator_on_another_stream(tmp_path):
+    spec = load_spec(write(tmp_path, {**BASE, "controls": {"aa": {
+        "generator": "alpha", "generator.alpha": 1.0, "seed_stream": 2}}}))
+    assert spec.controls == {"aa": "alpha α=1 seed_stream=2"}
 
 
 @pytest.mark.parametrize("controls, message", [
     ({"aa": {"generator": "reverse_kl"}}, "controls.aa: 'reverse_kl' is already a grid arm"),
     ({"placebo": {"generator": "alpha"}}, "controls.placebo: unknown key; valid: aa, positive"),
     ({"aa": {}}, "controls.aa: needs at least one config key"),
-    ({"aa": {"train.lr": -1.0}}, "controls.aa: lr=-1-s0: train.lr must be > 0"),
+    ({"aa": {"generator": "alpha", "generator.alpha": 1.0}},
+     "controls.aa: 'alpha α=1' must be the reference's method, reverse_kl .* on another random "
+     "stream"),
+    ({"aa": {"generator": "pearson", "seed_stream": 1}},
+     "controls.aa: 'pearson seed_stream=1' must be the reference's method"),
+    ({"aa": {"generator": "reverse_kl", "seed_stream": 1, "train.lr": 2e-3}},
+     "controls.aa: .* must be the reference's method"),
+    ({"positive": {"train.lr": -1.0}}, "controls.positive: lr=-1-s0: train.lr must be > 0"),
 ])
 def test_bad_controls_are_rejected(tmp_path, controls, message):
     with pytest.raises(SpecError, match=message):
@@ -301,3 +319,33 @@ def test_workers_per_trial_defaults_to_one_and_takes_a_run_per_trial(tmp_path):
     assert load_spec(write(tmp_path, BASE)).workers_per_trial == 1
     spec = load_spec(write(tmp_path, {**BASE, "workers_per_trial": 2, "seeds": [0, 1]}))
     assert spec.workers_per_trial == 2 and spec.seed_batches() == [[0], [1]]
+
+
+def test_budgets_and_the_confirmatory_family_are_declared_in_the_spec(tmp_path):
+    spec = load_spec(write(tmp_path, {**BASE, "budgets": [2, 4, 6],
+                                      "confirmatory": {"budgets": [4, 6],
+                                                       "time_to_target": True},
+                                      "target": 1.2}))
+    assert spec.budgets == (2, 4, 6)
+    assert spec.confirmatory.budgets == (4, 6) and spec.confirmatory.time_to_target
+    assert spec.target == 1.2
+    assert spec.base_config().eval.budgets == (2, 4, 6)  # every trial measures them
+    default = load_spec(write(tmp_path, {**BASE, "budgets": [2, 6]}))
+    assert default.confirmatory.budgets == (6,) and not default.confirmatory.time_to_target
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"budgets": [4, 2]}, "budgets: .* must be increasing generator steps from 1 to 6"),
+    ({"budgets": [2, 60]}, "budgets: .* from 1 to 6"),
+    ({"budgets": "2"}, "budgets: '2' must be increasing"),
+    ({"budgets": [2, 4], "confirmatory": {"budgets": [3]}},
+     r"confirmatory.budgets: \[3\] must be distinct steps among budgets \[2, 4\]"),
+    ({"budgets": [4], "confirmatory": {"time_to_target": True}},
+     "confirmatory.time_to_target: needs at least two budgets"),
+    ({"confirmatory": {"budget": [2]}}, "confirmatory.budget: unknown key; valid: budgets, "
+                                        "time_to_target"),
+    ({"target": 0.9}, "target: 0.9 must be a number >= 1"),
+])
+def test_bad_budgets_and_families_are_refused(tmp_path, change, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(write(tmp_path, {**BASE, **change}))

@@ -19,12 +19,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from bench.report.charts import draw_charts
-from bench.report.pages import FORMATS, PageContent, write_html, write_markdown, write_provenance
-from bench.report.reading import ReportError, SweepData, find_parent, load_sweep
+from bench.report.pages import (
+    FORMATS,
+    PageContent,
+    Section,
+    write_html,
+    write_markdown,
+    write_provenance,
+)
+from bench.report.reading import ReportError, SweepData, find_parent, load_sweep, teacher_values
 from bench.report.tables import (
+    REFERENCE,
     compare,
     comparison_table,
     method_note,
@@ -35,6 +44,16 @@ from bench.report.tables import (
     summarise,
     verdict_lines,
     write_csvs,
+)
+from bench.report.verdicts import (
+    TIME_TO_TARGET,
+    compare_budgets,
+    control_budget_lines,
+    family_from,
+    family_lines,
+    quality_lines,
+    sensitivity_lines,
+    verdict_table,
 )
 from bench.tracking import open_store, resolve_tracking_uri
 from dibregman.results import Status
@@ -87,19 +106,51 @@ def _write_report(data: SweepData, client: MlflowClient, out: Path,
     summary = summarise(data)
     labels = order_labels(data, summary)
     comparison = compare(data, labels)
+    family = family_from(data)
+    budgets = compare_budgets(data, labels, family)
+    adopt_last_budget(comparison, budgets)
     finished = (data.runs.status == Status.FINISHED).any()
-    charts = draw_charts(data, summary, labels, client, out) if finished else []
-    write_csvs(data, summary, comparison, out)
+    teacher, teacher_note = teacher_values(client, data.parent) if finished else ({}, "")
+    charts = draw_charts(data, summary, labels, client, out, budgets, teacher) if finished \
+        else []
+    write_csvs(data, summary, comparison, out, budgets)
     prov = write_provenance(data, client, out)
-    notes = verdict_lines(data, comparison)
+    verdicts = [*family_lines(data, budgets, family), *control_budget_lines(data, budgets)]
     if not finished:
         counts = ", ".join(f"{n} {s}" for s, n in data.runs.status.value_counts().items())
-        notes = [f"No run of this sweep finished ({counts}): there is nothing to chart or "
-                 f"compare; each run's error and last records are in its MLflow run."]
-    page = PageContent(data, comparison_table(data, summary, comparison),
-                       paired_table(comparison), notes, method_note(comparison), charts, prov,
-                       ratio_check_table(data), ratio_check_lines(data))
+        verdicts = [f"No run of this sweep finished ({counts}): there is nothing to chart or "
+                    f"compare; each run's error and last records are in its MLflow run."]
+    sections = [Section("Are the students good enough to compare?",
+                        quality_lines(data, summary, labels, teacher, teacher_note), [])]
+    if not data.ratio_checks.empty:
+        sections.append(Section("Is the ratio estimate good enough to compare generators?",
+                                ratio_check_lines(data), [(ratio_check_table(data), "")]))
+    legend = ("Each cell: the verdict against the reference, the effect (the geometric-mean "
+              "ratio ×, or the mean difference, paired by seed; for time to target, how many "
+              "budgets later (+) or earlier (−) the arm gets there) and its Holm-adjusted p. "
+              "Bold cells form the confirmatory family; the rest are exploratory.")
+    sections.append(Section(f"Verdicts against {REFERENCE}, budget by budget",
+                            [*verdicts, *sensitivity_lines(budgets)],
+                            [(verdict_table(budgets, labels), legend)] if len(budgets) else []))
+    after = [Section(f"At the last step: each arm against {REFERENCE}, paired by seed",
+                     verdict_lines(data, comparison),
+                     [(paired_table(comparison), method_note(comparison))])]
+    page = PageContent(data, comparison_table(data, summary, comparison, teacher), sections,
+                       after, charts, prov)
     if "md" in formats:
         write_markdown(page, out)
     if "html" in formats:
         write_html(page, out)
+
+
+def adopt_last_budget(comparison: pd.DataFrame, budgets: pd.DataFrame) -> None:
+    """The last-step comparison's adjusted p and verdict from the budget comparisons (in
+    place): one comparison, one adjustment, wherever the report shows it (the family's Holm
+    when the last step is confirmatory, else the arms' Holm at that step)."""
+    if budgets.empty:
+        return
+    steps = [b for b in budgets.budget.unique() if b != TIME_TO_TARGET]
+    last = budgets[budgets.budget == max(steps)].set_index("label")
+    for column in ("p_holm", "verdict"):
+        found = comparison.label.map(last[column])
+        comparison[column] = found.where(found.notna(), comparison[column])

@@ -20,17 +20,20 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from bench.report.reading import SweepData  # noqa: E402
-from bench.report.tables import RATIO_GATE_GAP, REFERENCE  # noqa: E402
+from bench.report.tables import RATIO_GATE_GAP, REFERENCE, fmt  # noqa: E402
+from bench.report.verdicts import curve_bands, headline_by_budget, time_to_target  # noqa: E402
 from dibregman.results import Status  # noqa: E402
 
 CHART_CAPTIONS = {
-    "curves": "FD to the teacher over training",
-    "final_fd": "Final FD per generator",
+    "curves": "A secondary curve over training (not the headline)",
+    "final": "Final headline value per arm",
     "tradeoffs": "Trade-offs: precision vs recall, quality vs cost",
     "weights": "Weight and ratio diagnostics",
     "samples": "Samples per generator",
     "alpha": "Search: FD against α",
     "ratio_check": "Ratio estimate against the truth",
+    "efficiency": "Sample efficiency: the headline against budget, with 95 % bands",
+    "time_to_target": "Time to target",
 }
 
 
@@ -90,7 +93,7 @@ def chart_final(data: SweepData, summary: pd.DataFrame, labels: list[str], out: 
     ax.set_xscale("log")
     ax.set_xlabel(f"{top.label}: mean ± std over seeds (dots: seeds)")
     ax.set_title(f"Final {top.label} ({top.direction} is better; red: reverse KL = DMD)")
-    return _save(fig, out, "final_fd")
+    return _save(fig, out, "final")
 
 
 def chart_tradeoffs(data: SweepData, summary: pd.DataFrame, labels: list[str], out: Path) -> str:
@@ -176,6 +179,58 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
     return _save(fig, out, "samples")
 
 
+def chart_efficiency(data: SweepData, bands: pd.DataFrame, labels: list[str],
+                     teacher: dict[str, float], out: Path) -> str:
+    """The headline against budget per arm: the mean over seeds and its stratified bootstrap
+    95 % band (:func:`bench.report.verdicts.curve_bands`), the teacher's own value dashed."""
+    top = data.headline
+    colours = _colours(labels)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for label in labels:
+        part = bands[bands.label == label]
+        if part.empty:
+            continue
+        width = 2.4 if label == REFERENCE else 1.3
+        ax.plot(part.budget, part["mean"], marker="o", ms=3, lw=width, color=colours[label],
+                label=label)
+        ax.fill_between(part.budget, part.low, part.high, color=colours[label], alpha=0.15,
+                        lw=0)
+    if top.key in teacher:
+        ax.axhline(teacher[top.key], color="k", ls="--", lw=1, label="teacher (Heun)")
+    if len(bands) and (bands[["mean", "low", "high"]] > 0).all().all():
+        ax.set_yscale("log")
+    ax.set_xlabel("budget (generator steps)")
+    ax.set_ylabel(f"{top.label}: mean over seeds, 95 % band")
+    ax.set_title(f"Sample efficiency: {top.label} ({top.direction} is better) against budget")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out, "efficiency")
+
+
+def chart_time_to_target(data: SweepData, frame: pd.DataFrame, reached: pd.Series,
+                         budgets: list[int], labels: list[str], out: Path) -> str:
+    """Per arm, every run's first budget reaching the target (dots; censored runs at the
+    right, beyond the last budget) and the median (a bar)."""
+    shown = [label for label in labels if label in set(reached.index.get_level_values(0))]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.6))
+    positions = [*budgets, budgets[-1] * 1.25]
+    for i, label in enumerate(shown):
+        values = reached.loc[label].dropna().astype(int).to_numpy()
+        x = np.array([positions[v] for v in values], dtype=float)
+        jitter = (np.arange(len(x)) % 5 - 2) * 0.06
+        ax.scatter(x, i + jitter, s=10, color="tab:red" if label == REFERENCE else "tab:blue")
+        if len(x):
+            ax.plot([np.median(x)] * 2, [i - 0.3, i + 0.3], color="k", lw=2)
+    ax.axvline(budgets[-1] * 1.12, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(positions, [*map(str, budgets), "never"])
+    ax.set_yticks(range(len(shown)), shown, fontsize=8)
+    ax.invert_yaxis()
+    target = frame[frame.budget == "time to target"].target
+    goal = f" ({fmt(target.iloc[0])})" if len(target) else ""
+    ax.set_xlabel(f"first budget at which {data.headline.label} reaches the target{goal}")
+    ax.set_title("Time to target (dots: seeds; bar: median)")
+    return _save(fig, out, "time_to_target")
+
+
 def chart_ratio_check(data: SweepData, out: Path) -> str:
     """The live ratio check over training, pooled over the fitted arms' runs: per noise level,
     the estimate's accuracy shortfall against the true ratio's rule, and the correlation of the
@@ -216,7 +271,7 @@ def chart_search(data: SweepData, out: Path) -> str:
 
 
 def draw_charts(data: SweepData, summary: pd.DataFrame, labels: list[str], client: MlflowClient,
-                out: Path) -> list[str]:
+                out: Path, budgets: pd.DataFrame, teacher: dict[str, float]) -> list[str]:
     """Every chart of the sweep into ``out`` (the alpha chart only for a search sweep).
 
     Args:
@@ -225,15 +280,24 @@ def draw_charts(data: SweepData, summary: pd.DataFrame, labels: list[str], clien
         labels: the labels in display order (:func:`bench.report.tables.order_labels`).
         client: the MLflow client, for the runs' samples pictures.
         out: the report directory.
+        budgets: the comparisons per budget (:func:`bench.report.verdicts.compare_budgets`).
+        teacher: the teacher's own final metrics (empty when unavailable).
 
     Returns:
-        The charts' PNG file names, in page order.
+        The charts' PNG file names, in page order: the headline's (against budget, final,
+        time to target) first.
     """
-    charts = [chart_curves(data, labels, out), chart_final(data, summary, labels, out),
-              chart_tradeoffs(data, summary, labels, out), chart_weights(data, labels, out),
-              chart_samples(data, client, labels, out)]
+    charts = [chart_efficiency(data, curve_bands(data, labels), labels, teacher, out),
+              chart_final(data, summary, labels, out)]
+    wide = headline_by_budget(data)
+    if len(wide.columns) >= 2 and REFERENCE in wide.index.get_level_values(0):
+        reached, _ = time_to_target(wide, REFERENCE, data.target, data.headline.direction)
+        charts.append(chart_time_to_target(data, budgets, reached, list(wide.columns), labels,
+                                           out))
     if not data.ratio_checks.empty:
-        charts.insert(0, chart_ratio_check(data, out))
+        charts.append(chart_ratio_check(data, out))
+    charts += [chart_curves(data, labels, out), chart_tradeoffs(data, summary, labels, out),
+               chart_weights(data, labels, out), chart_samples(data, client, labels, out)]
     if data.is_search:
         charts.append(chart_search(data, out))
     return charts

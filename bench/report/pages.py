@@ -1,10 +1,9 @@
 """The report's pages and provenance: ``README.md`` (renders on GitHub), ``index.html``
-(self-contained, images embedded) and ``provenance.json``.
+(its charts the PNG files beside it) and ``provenance.json``.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import platform
@@ -24,8 +23,7 @@ from bench.tracking import EXPERIMENT_PATH_TAG
 from dibregman.run import PROVENANCE_FILE, git_revision
 
 FORMATS = ("md", "html")
-COMPARISON_HEADING = f"vs {REFERENCE} (paired by seed)"
-RATIO_HEADING = "Is the ratio estimate good enough to compare generators?"
+
 PACKAGES = ("dibregman", "torch", "ray", "mlflow", "optuna", "pandas", "matplotlib", "clean-fid",
             "numpy")
 
@@ -103,64 +101,90 @@ def _intro(data: SweepData, prov: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Section:
+    """One titled part of a page: bullet lines, then tables (each with an optional note)."""
+
+    title: str
+    lines: list[str]
+    tables: list[tuple[Table, str]]
+
+
+@dataclass(frozen=True)
 class PageContent:
     """What both pages show.
 
     Attributes:
         data: the sweep.
-        table: header, rows and best-in-column mask
+        table: header, rows and best-in-column mask of the final values
             (:func:`bench.report.tables.comparison_table`).
-        paired: the comparison with the reference (:func:`bench.report.tables.paired_table`).
-        notes: the verdicts in words (:func:`bench.report.tables.verdict_lines`).
-        method: how to read ``paired`` (:func:`bench.report.tables.method_note`).
+        sections: the parts before the final values, in order: whether the students are good,
+            whether the ratio estimate is, the verdicts per budget.
+        after: the parts after the final values (the paired comparisons at the last step).
         charts: the charts' PNG file names in the report directory, in page order.
         prov: the sweep's :func:`provenance`.
-        ratio: the live ratio check per level (:func:`bench.report.tables.ratio_check_table`;
-            no rows without checks).
-        ratio_notes: whether the ratio estimate was good enough
-            (:func:`bench.report.tables.ratio_check_lines`).
     """
 
     data: SweepData
     table: Table
-    paired: Table
-    notes: list[str]
-    method: str
+    sections: list[Section]
+    after: list[Section]
     charts: list[str]
     prov: dict[str, Any]
-    ratio: Table
-    ratio_notes: list[str]
+
+
+FINAL_HEADING = "Final values (mean ± std over seeds)"
+
+
+def _markdown_section(section: Section) -> list[str]:
+    parts = [f"## {section.title}"]
+    if section.lines:
+        parts.append("\n".join(f"- {line}" for line in section.lines))
+    for table, note in section.tables:
+        if table[1]:
+            parts.append(markdown_table(*table))
+            if note:
+                parts.append(note)
+    return parts
 
 
 def write_markdown(page: PageContent, out: Path) -> None:
-    """Write ``README.md`` into ``out``: intro, table, the comparison with the reference
-    (verdicts, table, method), charts, provenance links."""
+    """Write ``README.md`` into ``out``: intro, the sections (students, ratio estimate,
+    verdicts), the final values, the paired comparison, charts, provenance links."""
     data, prov = page.data, page.prov
-    parts = [f"# Report: {data.name}", _intro(data, prov), markdown_table(*page.table)]
-    if page.ratio[1]:
-        parts += [f"## {RATIO_HEADING}", "\n".join(f"- {line}" for line in page.ratio_notes),
-                  markdown_table(*page.ratio)]
-    parts += [f"## {COMPARISON_HEADING}", "\n".join(f"- {line}" for line in page.notes)]
-    if page.paired[1]:
-        parts += [markdown_table(*page.paired), page.method]
+    parts = [f"# Report: {data.name}", _intro(data, prov)]
+    for section in page.sections:
+        parts += _markdown_section(section)
+    parts += [f"## {FINAL_HEADING}", markdown_table(*page.table)]
+    for section in page.after:
+        parts += _markdown_section(section)
     parts += [f"## {CHART_CAPTIONS[c[:-4]]}\n\n![{CHART_CAPTIONS[c[:-4]]}]({c})"
               for c in page.charts]
     parts.append(f"Provenance: [provenance.json](provenance.json) · per-run numbers: "
-                 f"[results.csv](results.csv) · summary: [summary.csv](summary.csv) · "
-                 f"comparison: [comparison.csv](comparison.csv) · "
-                 f"built {prov['built_at']} from `{prov['tracking_uri']}`.")
+                 f"[results.csv](results.csv) · every number at every budget: "
+                 f"[results_long.csv](results_long.csv) · summary: [summary.csv](summary.csv) "
+                 f"· comparisons: [comparison.csv](comparison.csv), "
+                 f"[budgets.csv](budgets.csv) · built {prov['built_at']} from "
+                 f"`{prov['tracking_uri']}`.")
     (out / "README.md").write_text("\n\n".join(parts) + "\n")
 
 
+def _html_section(section: Section) -> str:
+    text = f"<h2>{html.escape(section.title)}</h2>"
+    if section.lines:
+        text += "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in section.lines)
+        text += "</ul>"
+    for table, note in section.tables:
+        if table[1]:
+            text += html_table(*table) + (f"<p>{html.escape(note)}</p>" if note else "")
+    return text
+
+
 def write_html(page: PageContent, out: Path) -> None:
-    """Write ``index.html`` into ``out``: the Markdown page's content with the charts embedded
-    as base64 PNGs and the provenance inline."""
-    data, prov, table, paired = page.data, page.prov, page.table, page.paired
-    notes, method, charts = page.notes, page.method, page.charts
-    images = "".join(
-        f"<h2>{CHART_CAPTIONS[c[:-4]]}</h2><img alt='{CHART_CAPTIONS[c[:-4]]}' "
-        f"src='data:image/png;base64,{base64.b64encode((out / c).read_bytes()).decode()}'>"
-        for c in charts)
+    """Write ``index.html`` into ``out``: the Markdown page's content, its charts as the PNG
+    files beside it (the page stays small), and the provenance inline."""
+    data, prov = page.data, page.prov
+    images = "".join(f"<h2>{CHART_CAPTIONS[c[:-4]]}</h2><img alt='{CHART_CAPTIONS[c[:-4]]}' "
+                     f"src='{html.escape(c)}'>" for c in page.charts)
     text = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Report: {html.escape(data.name)}</title><style>"
@@ -169,14 +193,9 @@ def write_html(page: PageContent, out: Path) -> None:
         "padding:3px 6px;text-align:right}td:first-child{text-align:left}"
         ".best{font-weight:bold;background:#e6f4ea}img{max-width:100%}</style></head><body>"
         f"<h1>Report: {html.escape(data.name)}</h1><p>{html.escape(_intro(data, prov))}</p>"
-        f"{html_table(*table)}"
-        + (f"<h2>{html.escape(RATIO_HEADING)}</h2><ul>"
-           + "".join(f"<li>{html.escape(line)}</li>" for line in page.ratio_notes)
-           + f"</ul>{html_table(*page.ratio)}" if page.ratio[1] else "")
-        + f"<h2>{html.escape(COMPARISON_HEADING)}</h2><ul>"
-        + "".join(f"<li>{html.escape(line)}</li>" for line in notes)
-        + "</ul>"
-        + (f"{html_table(*paired)}<p>{html.escape(method)}</p>" if paired[1] else "")
+        + "".join(_html_section(section) for section in page.sections)
+        + f"<h2>{html.escape(FINAL_HEADING)}</h2>{html_table(*page.table)}"
+        + "".join(_html_section(section) for section in page.after)
         + f"{images}<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}"
         "</pre></body></html>")
     (out / "index.html").write_text(text)

@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from bench.tracking import ARM_TAG, CONTROLS_TAG, HEADLINE_TAG, PARENT_TAG, child_runs
+from bench.tracking import (
+    ARM_TAG,
+    CONTROLS_TAG,
+    HEADLINE_TAG,
+    PARENT_TAG,
+    PROTOCOL_TAG,
+    TRIAL_TAG,
+    child_runs,
+)
 
 # Artifact downloads in the report (samples pictures, spec, provenance) are single small files:
 # no progress bar per file. Set here, on the first import of the package, before any download.
@@ -28,7 +36,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from dibregman.config import Config, EvalConfig, with_overrides  # noqa: E402
 from dibregman.evaluate import declared_metrics  # noqa: E402
 from dibregman.results import MetricSpec, Role, Stage, Status, headline  # noqa: E402
-from dibregman.run import RATIO_CHECK_FILE, read_jsonl  # noqa: E402
+from dibregman.run import METRICS_FILE, RATIO_CHECK_FILE, read_jsonl  # noqa: E402
 
 
 class ReportError(ValueError):
@@ -47,7 +55,12 @@ class SweepData:
         role (``aa``, ``positive``) -> arm label of the spec's validity controls;
         ratio_checks: the live ratio check's rows of every run that has them (run_id, label,
         seed, then ``step``, ``sigma`` and :data:`dibregman.ratio_check.CHECK_FIELDS`; empty
-        for teachers without an exact density), with ``estimator`` the run's ratio estimator.
+        for teachers without an exact density), with ``estimator`` the run's ratio estimator;
+        long: every number every ended run recorded, in long form (run_id, label, seed, step,
+        key, value), read from the runs' ``metrics.jsonl``: the final metrics at each budget,
+        the curve metrics, diagnostics and costs; budgets: the spec's declared budgets (the
+        last step is always one); confirmatory, target: the spec's declared family
+        (``{"budgets": [...], "time_to_target": bool}``) and time-to-target factor.
     """
 
     name: str
@@ -59,6 +72,11 @@ class SweepData:
     tracking_uri: str
     controls: dict[str, str] = field(default_factory=dict)
     ratio_checks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    long: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["run_id", "label", "seed", "step", "key", "value"]))
+    budgets: tuple[int, ...] = ()
+    confirmatory: dict[str, Any] = field(default_factory=dict)
+    target: float = 1.1
 
     @property
     def headline(self) -> MetricSpec:
@@ -68,6 +86,11 @@ class SweepData:
     def column(self, name: str) -> MetricSpec | None:
         """The column of metric ``name`` (``precision``, ``wall_time``), if declared."""
         return next((c for c in self.columns if c.name == name), None)
+
+    @property
+    def runs_teacher(self) -> str:
+        """The registry name of the sweep's teacher (its runs' ``teacher`` param)."""
+        return str(self.runs.teacher.iloc[0])
 
     @property
     def is_search(self) -> bool:
@@ -103,7 +126,10 @@ def columns_for(params: dict[str, str],
     """The declared final metrics (headline first, costs last) and the curve metric of the
     headline's kind, for a run with these MLflow params (its ``teacher`` and ``eval.*``).
     ``headline_key``: the sweep's headline (its spec's ``headline``), if not the declared one."""
-    evaluation = {k: v for k, v in params.items() if k.startswith("eval.")}
+    # The sample counts and k that name the metrics (not eval.budgets: no declaration
+    # depends on it, and stores written before its --set spelling hold "(50, 100)").
+    evaluation = {k: v for k, v in params.items()
+                  if k.startswith("eval.") and k != "eval.budgets"}
     cfg = with_overrides(Config(teacher=params["teacher"], eval=EvalConfig()), evaluation)
     declared = declared_metrics(cfg)
     final = [m for m in declared if m.stage is Stage.FINAL]
@@ -131,6 +157,8 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
             "status": tags.get("status", str(Status.RUNNING)),
             "mlflow_status": run.info.status,
             "generator_steps": int(params["train.generator_steps"]),
+            "trial": tags.get(TRIAL_TAG, ""),
+            "teacher": params["teacher"],
             **run.data.metrics,
         })
     frame = pd.DataFrame(rows)
@@ -139,21 +167,44 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
     else:
         frame["label"] = [run.data.tags[ARM_TAG] for run in runs]
     columns, curve = columns_for(runs[0].data.params, parent.data.tags.get(HEADLINE_TAG))
+    long = load_records(client, runs, frame)
     history_keys = (curve.key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
                     "ratio_q50", "ratio_q95", "ratio_accuracy")
-    history_rows = []
-    for row in frame.itertuples():
-        for key in history_keys:
-            for m in client.get_metric_history(row.run_id, key):
-                history_rows.append((row.run_id, row.label, row.seed, key, m.step, m.value))
-    histories = pd.DataFrame(history_rows,
-                             columns=["run_id", "label", "seed", "key", "step", "value"])
+    histories = long[long.key.isin(history_keys)]
     for column in columns:
         if column.key not in frame:
             frame[column.key] = np.nan
     controls = json.loads(parent.data.tags.get(CONTROLS_TAG, "{}"))
+    protocol = json.loads(parent.data.tags.get(PROTOCOL_TAG, "{}"))
     return SweepData(parent.data.tags.get("sweep.name", ""), parent, frame, histories, columns,
-                     curve, tracking_uri, controls, load_ratio_checks(client, runs, frame))
+                     curve, tracking_uri, controls, load_ratio_checks(client, runs, frame),
+                     long, tuple(protocol.get("budgets", ())),
+                     protocol.get("confirmatory", {}), float(protocol.get("target", 1.1)))
+
+
+def _download(client: MlflowClient, run_id: str, name: str, directory: str) -> Path | None:
+    """One artifact of a run, or None when it has none (a run that did not end)."""
+    try:
+        return Path(client.download_artifacts(run_id, name, directory))
+    except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+        return None
+
+
+def load_records(client: MlflowClient, runs: list[Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """Every ended run's ``metrics.jsonl`` artifact in long form (see ``SweepData.long``)."""
+    rows = []
+    with tempfile.TemporaryDirectory() as downloads:
+        for run, row in zip(runs, frame.itertuples(), strict=True):
+            path = _download(client, run.info.run_id, METRICS_FILE, downloads)
+            if path is None:
+                continue
+            for record in read_jsonl(path):
+                rows += [(run.info.run_id, row.label, row.seed, record["step"], key, float(value))
+                         for key, value in record.items()
+                         if key != "step" and isinstance(value, (int, float))
+                         and not isinstance(value, bool)]
+            path.unlink()
+    return pd.DataFrame(rows, columns=["run_id", "label", "seed", "step", "key", "value"])
 
 
 def load_ratio_checks(client: MlflowClient, runs: list[Any], frame: pd.DataFrame) -> pd.DataFrame:
@@ -164,12 +215,27 @@ def load_ratio_checks(client: MlflowClient, runs: list[Any], frame: pd.DataFrame
     rows = []
     with tempfile.TemporaryDirectory() as downloads:
         for run, row in zip(runs, frame.itertuples(), strict=True):
-            try:
-                path = client.download_artifacts(run.info.run_id, RATIO_CHECK_FILE, downloads)
-            except Exception:  # noqa: BLE001 - a run that did not end has no artifact
+            path = _download(client, run.info.run_id, RATIO_CHECK_FILE, downloads)
+            if path is None:
                 continue
-            for record in read_jsonl(Path(path)):
+            for record in read_jsonl(path):
                 rows.append({"run_id": run.info.run_id, "label": row.label, "seed": row.seed,
                              "estimator": run.data.params.get("ratio.estimator", ""), **record})
-            Path(path).unlink()
+            path.unlink()
     return pd.DataFrame(rows)
+
+
+def teacher_values(client: MlflowClient, parent: Any) -> tuple[dict[str, float], str]:
+    """The teacher's own final metrics for the sweep's base config
+    (:func:`dibregman.evaluate.teacher_reference`: its Heun samples of the evaluation latents,
+    measured as a student's are), and a note; empty with the reason when the teacher cannot
+    be built here (an image teacher whose cache or data this machine lacks)."""
+    from dibregman.evaluate import teacher_reference
+
+    try:
+        path = client.download_artifacts(parent.info.run_id, "base_config.json")
+        cfg = with_overrides(Config(), json.loads(Path(path).read_text()))
+        return teacher_reference(cfg), ""
+    except Exception as err:  # noqa: BLE001 - the report stands without the teacher's row
+        return {}, (f"The teacher's own values could not be measured here "
+                    f"({type(err).__name__}: {err}); students are shown without them.")

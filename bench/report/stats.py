@@ -32,6 +32,9 @@ Methods, in the order the report uses them:
   tests (they share the reference arm, so they are dependent).
 * :func:`verdict` — "better" / "worse" by the metric's declared direction when the adjusted p
   is ≤ α, else "no detectable difference" (which is not evidence of equality).
+* :func:`minimum_detectable_effect`, :func:`power`, :func:`seeds_for_power` — what a paired
+  comparison at the seeds run could have seen (80 % power), and how many seeds an observed
+  effect needs, by the normal approximation of the paired test.
 * :func:`probability_of_rank_first` — the share of stratified bootstrap resamples (seeds
   resampled with replacement within each arm, as in rliable: Agarwal et al. 2021) in which an
   arm's mean is the best. A description of the uncertainty of the ranking, not a test.
@@ -270,6 +273,43 @@ def verdict(adjusted_p: float, effect: float, direction: Direction | str,
         return NO_DIFFERENCE
     higher = effect > 0
     return BETTER if higher == (direction is Direction.HIGHER) else WORSE
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float, power: float = 0.8,
+                              log_scale: bool = False) -> float:
+    """The smallest true mean paired difference a two-sided test at level ``alpha`` detects
+    with probability ``power`` from ``n`` pairs whose differences have standard deviation
+    ``sd``: ``(z_{1-alpha/2} + z_power) sd / sqrt(n)`` (the normal approximation of the
+    paired test; the sign-flip test's power is close to the t-test's for symmetric
+    differences). Infinite when ``n`` pairs cannot reach ``alpha`` at all (the sign-flip test's
+    smallest p, 2^(1-n), is above it) or ``sd`` is unknown. With ``log_scale`` the differences
+    are log-ratios and the result is the ratio ``exp(mde)`` (a factor either way)."""
+    if n < 2 or not np.isfinite(sd) or 2.0 ** (1 - n) > alpha:
+        return math.inf
+    mde = (sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * sd / math.sqrt(n)
+    return math.exp(mde) if log_scale else float(mde)
+
+
+def power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """The probability that a two-sided paired test at ``alpha`` flags a true mean difference
+    ``effect`` from ``n`` pairs of spread ``sd`` (normal approximation,
+    ``Phi(|effect| sqrt(n) / sd - z_{1-alpha/2})``); 0 when ``n`` pairs cannot reach
+    ``alpha`` (see :func:`minimum_detectable_effect`)."""
+    if n < 2 or not np.isfinite(sd) or not np.isfinite(effect) or 2.0 ** (1 - n) > alpha:
+        return 0.0
+    if sd == 0:
+        return 1.0 if effect != 0 else 0.0
+    return float(sps.norm.cdf(abs(effect) * math.sqrt(n) / sd - sps.norm.ppf(1 - alpha / 2)))
+
+
+def seeds_for_power(effect: float, sd: float, alpha: float, power: float = 0.8) -> int:
+    """The fewest pairs with which :func:`power` reaches ``power`` for ``effect`` and ``sd``
+    (and the sign-flip test can reach ``alpha``); a large number when the effect is 0."""
+    if not np.isfinite(effect) or not np.isfinite(sd) or effect == 0:
+        return 10**6
+    n = max(2, min_seeds(alpha))
+    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    return max(n, math.ceil((z * sd / abs(effect)) ** 2 - 1e-9))
 
 
 def probability_of_rank_first(per_arm_values_by_seed: Mapping[str, Any],

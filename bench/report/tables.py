@@ -19,8 +19,7 @@ import pandas as pd
 
 from bench.report import stats
 from bench.report.reading import SweepData
-from bench.spec import CONTROL_ROLES
-from dibregman.results import Direction, Status
+from dibregman.results import Direction, Role, Status
 
 REFERENCE = "reverse_kl"
 ALPHA = 0.05  # family-wise error rate of the comparisons with the reference
@@ -231,10 +230,15 @@ def fmt_ci(low: float, high: float) -> str:
     return f"[{fmt(low)}, {fmt(high)}]" if np.isfinite(low) and np.isfinite(high) else "–"
 
 
-def comparison_table(data: SweepData, summary: pd.DataFrame, comparison: pd.DataFrame) -> Table:
+TEACHER_ROW = "teacher (its own Heun samples)"
+
+
+def comparison_table(data: SweepData, summary: pd.DataFrame, comparison: pd.DataFrame,
+                     teacher: dict[str, float] | None = None) -> Table:
     """Header, rows and a same-shaped "best in column" mask of the main table: mean ± std of
     every declared column, the headline's bootstrap interval beside it, run counts by ending,
-    and (with a reference arm) the verdict against it from ``comparison`` (:func:`compare`)."""
+    and (with a reference arm) the verdict against it from ``comparison`` (:func:`compare`);
+    the teacher's own values first when given (not ranked, never marked best)."""
     summary_stats = summary.set_index(["label", "metric"])
     compared = comparison.set_index("label")
     counts = data.runs.groupby("label").status.value_counts().unstack(fill_value=0)
@@ -258,6 +262,16 @@ def comparison_table(data: SweepData, summary: pd.DataFrame, comparison: pd.Data
                             else max(finite)) if finite else None
     enough = stats.min_seeds(1 - CONFIDENCE)
     rows, marks = [], []
+    if teacher:
+        row = [TEACHER_ROW, "–"]
+        for column in data.columns:
+            row.append(fmt(teacher.get(column.key, np.nan)) if column.role is not Role.COST
+                       else "–")
+            if column is top:
+                row.append("–")
+        row += ["–"] * (len(header) - len(row))
+        rows.append(row)
+        marks.append([False] * len(header))
     for label in labels:
         n = int(summary_stats["n"].get((label, top.key), 0))
         row, mark = [label, str(n)], [False, False]
@@ -357,28 +371,6 @@ def verdict_lines(data: SweepData, comparison: pd.DataFrame, alpha: float = ALPH
     if len(too_few):
         names = ", ".join(f"{r.label} ({r.n_pairs} paired)" for r in too_few.itertuples())
         lines.append(f"Too few seeds paired with {REFERENCE} for a verdict: {names}.")
-    return control_lines(data, comparison) + lines
-
-
-def control_lines(data: SweepData, comparison: pd.DataFrame) -> list[str]:
-    """Whether the sweep's validity controls behaved: the A/A control (the reference's method
-    under another name) must get no verdict, the positive control (an arm known to differ) must
-    get one. A control that misbehaved makes every verdict of the report suspect."""
-    expected = {"aa": (stats.NO_DIFFERENCE,), "positive": (stats.BETTER, stats.WORSE)}
-    what = {"aa": "the reference's method under another name; it must not be flagged",
-            "positive": "an arm known to differ; it must be flagged"}
-    verdicts = dict(zip(comparison.label, comparison.verdict, strict=True))
-    lines = []
-    for role, label in data.controls.items():
-        verdict = verdicts.get(label, "no finished runs")
-        if verdict in (stats.TOO_FEW, NO_REFERENCE, "no finished runs"):
-            outcome = f"could not be checked ({verdict})"
-        elif verdict in expected[role]:
-            outcome = "behaved"
-        else:
-            outcome = "MISBEHAVED: treat every verdict of this report as suspect"
-        lines.append(f"Validity control, {CONTROL_ROLES[role]} {label} ({what[role]}): "
-                     f"{verdict}; {outcome}.")
     return lines
 
 
@@ -400,11 +392,28 @@ def method_note(comparison: pd.DataFrame, alpha: float = ALPHA) -> str:
 
 
 def write_csvs(data: SweepData, summary: pd.DataFrame, comparison: pd.DataFrame,
-               out: Path) -> None:
+               out: Path, budgets: pd.DataFrame | None = None) -> None:
     """``summary.csv`` (per label and metric: mean, std, n), ``results.csv`` (one row per
-    run and metric that has a value) and ``comparison.csv`` (:data:`COMPARISON_COLUMNS`) into
-    ``out``."""
+    run and metric that has a value), ``comparison.csv`` (:data:`COMPARISON_COLUMNS`),
+    ``results_long.csv`` (every number of every ended run in long form: trial, seed, arm,
+    budget, metric, value; the final metrics at the last step) and ``budgets.csv`` (the
+    comparisons per budget, :func:`bench.report.verdicts.compare_budgets`) into ``out``."""
     summary.to_csv(out / "summary.csv", index=False)
+    runs = data.runs.set_index("run_id")
+    finals = data.runs.melt(id_vars=["run_id", "generator_steps"],
+                            value_vars=[c.key for c in data.columns], var_name="key",
+                            value_name="value").dropna(subset=["value"])
+    finals = finals.rename(columns={"generator_steps": "step"})
+    long = pd.concat([data.long[["run_id", "step", "key", "value"]], finals])
+    long = long.drop_duplicates(["run_id", "step", "key"], keep="last")
+    pd.DataFrame({"trial": runs.trial.reindex(long.run_id).to_numpy(),
+                  "seed": runs.seed.reindex(long.run_id).to_numpy(),
+                  "arm": runs.label.reindex(long.run_id).to_numpy(),
+                  "budget": long.step.astype(int).to_numpy(), "metric": long.key.to_numpy(),
+                  "value": long.value.to_numpy()}).sort_values(
+        ["arm", "seed", "budget", "metric"]).to_csv(out / "results_long.csv", index=False)
+    if budgets is not None:
+        budgets.to_csv(out / "budgets.csv", index=False)
     metric_keys = [c.key for c in data.columns]
     data.runs.melt(id_vars=["run_id", "run_name", "label", "generator", "alpha", "seed",
                             "status"], value_vars=metric_keys, var_name="metric",

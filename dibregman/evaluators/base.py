@@ -54,9 +54,24 @@ class Evaluator(ABC):
         a non-finite value. ``labels``: ``(N,)`` int64 class of each sample of a
         class-conditional teacher's student; None otherwise."""
 
+    def budget(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """The final metrics measured at a budget short of the end (``eval.budgets``): by
+        default all of them (:meth:`final`); an evaluator whose final metrics include costly
+        ones may leave those to the end."""
+        return self.final(samples, labels)
+
     @abstractmethod
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:
         """A picture of ``samples`` written to ``path`` (PNG); returns ``path``."""
+
+    @classmethod
+    @abstractmethod
+    def quality_gate(cls, student: dict[str, float],
+                     teacher: dict[str, float]) -> tuple[bool, str]:
+        """Whether a student is good enough to be compared, from its final metrics (means over
+        seeds, keyed as declared) and the teacher's own on the same number of its samples:
+        ``(passes, the rule with the numbers)``. A comparison of students that all fail it
+        compares ways of failing, and the report says so first."""
 
 
 def nan_if_not_finite(samples: Tensor, keys: list[str]) -> dict[str, float] | None:

@@ -157,6 +157,30 @@ class ImageEvaluator(Evaluator):
         return frechet_distance(*gaussian_moments(inception_features(samples, device=device)),
                                 *reference)
 
+    def budget(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """At a budget: the domain-classifier FD on every sample and the class coverage; the
+        feature precision / recall, per-class metrics and Inception FID only at the end."""
+        metrics = self.curve(samples)
+        if torch.isfinite(samples).all():
+            metrics[f"class_coverage_n{len(samples)}"] = class_coverage(
+                self.classifier, samples.clamp(-1, 1), self.data.num_classes)
+        return metrics
+
+    # A student passes when its headline FD is at most this multiple of the teacher's own.
+    GATE_FACTOR = 3.0
+
+    @classmethod
+    def quality_gate(cls, student: dict[str, float],
+                     teacher: dict[str, float]) -> tuple[bool, str]:
+        """FID (or, without it, the domain-classifier FD) at most 3 x the teacher's."""
+        key = next((k for k in student if k.startswith("fid_")), None) or next(
+            (k for k in student if k.startswith("fd_cls_n")), None)
+        if key is None or key not in teacher:
+            return False, "no FD to judge the student by"
+        passes = student[key] <= cls.GATE_FACTOR * teacher[key]
+        return passes, (f"{key} {student[key]:.3g} at most {cls.GATE_FACTOR:g} x the "
+                        f"teacher's {teacher[key]:.3g}")
+
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:
         """64 samples in 8 columns; a class-conditional student's evaluation samples (sample
         ``i`` of class ``i mod C``) as 8 rows of ``C`` columns, one column per class."""

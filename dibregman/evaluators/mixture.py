@@ -61,6 +61,27 @@ class MixtureEvaluator(VectorEvaluator):
                 f"mode_tv_n{n}": stats.weight_tv,
                 f"off_mode_n{n}": stats.off_mode_fraction}
 
+    # A student passes when it covers every mode the teacher's own samples cover and leaves at
+    # most this share of its samples more off-mode than they do.
+    GATE_OFF_MODE = 0.10
+
+    @classmethod
+    def quality_gate(cls, student: dict[str, float],
+                     teacher: dict[str, float]) -> tuple[bool, str]:
+        """Every mode the teacher covers covered (mean over seeds within half a mode) and an
+        off-mode share at most 10 points above the teacher's. FD alone cannot judge a
+        multi-modal student: it compares means and covariances, which a student can match
+        while it leaves most modes empty."""
+        covered = next((k for k in student if k.startswith("modes_covered")), None)
+        off = next((k for k in student if k.startswith("off_mode")), None)
+        if covered is None or off is None or covered not in teacher or off not in teacher:
+            return False, "no mode statistics to judge the student by"
+        passes = (student[covered] >= teacher[covered] - 0.5
+                  and student[off] <= teacher[off] + cls.GATE_OFF_MODE)
+        return passes, (f"modes covered {student[covered]:.3g} of the teacher's "
+                        f"{teacher[covered]:.3g}, off-mode share {student[off]:.3g} (teacher "
+                        f"{teacher[off]:.3g}; at most +{cls.GATE_OFF_MODE:g})")
+
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:
         """Over the log-density (2-D) or teacher samples, projected on the means' principal
         axes; the mode means as crosses."""

@@ -109,6 +109,31 @@ class VectorEvaluator(Evaluator):
         """The values of :meth:`exact_metrics` (none here)."""
         return {}
 
+    def budget(self, samples: Tensor, labels: Tensor | None = None) -> dict[str, float]:
+        """At a budget: the FD (and NLL) on every sample and the exact metrics; precision /
+        recall and MMD (k-nearest neighbours and kernels over thousands of samples, most of a
+        final evaluation's time) only at the end."""
+        metrics = self.curve(samples)
+        if torch.isfinite(samples).all():
+            metrics.update(self.exact(samples))
+        return metrics
+
+    # A student passes when its precision and recall are both at least this share of the
+    # teacher's: it draws the teacher's support without much mass outside it.
+    GATE_SHARE = 0.8
+
+    @classmethod
+    def quality_gate(cls, student: dict[str, float],
+                     teacher: dict[str, float]) -> tuple[bool, str]:
+        """Precision and recall both >= 80 % of the teacher's samples' own."""
+        keys = [k for k in student if k.startswith(("precision", "recall")) and k in teacher]
+        if not keys:
+            return False, "no precision or recall to judge the student by"
+        ratios = {k: student[k] / teacher[k] if teacher[k] > 0 else 0.0 for k in keys}
+        passes = all(r >= cls.GATE_SHARE for r in ratios.values())
+        shown = ", ".join(f"{k} {student[k]:.3g} (teacher {teacher[k]:.3g})" for k in keys)
+        return passes, f"precision and recall >= {cls.GATE_SHARE:g} x the teacher's: {shown}"
+
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:
         """Student samples over 3000 teacher samples (seed 0), on the principal axes."""
         return plot_vector_samples(samples, path, title,

@@ -58,11 +58,15 @@ class Teacher(ABC):
         exact_density: whether :meth:`log_prob` gives the exact noised log-density (class
             attribute): what the live ratio check (:mod:`dibregman.ratio_check`) and the
             ``oracle`` ratio estimator need.
+        exact_sampler: whether :meth:`sample` draws the distribution exactly, without the
+            denoiser (class attribute); otherwise it runs the Heun sampler, and each sample
+            costs :attr:`sampler_evaluations` teacher evaluations.
     """
 
     kind: ClassVar[TeacherKind] = TeacherKind.VECTOR
     evaluator: ClassVar[type[Evaluator]] = VectorEvaluator
     exact_density: ClassVar[bool] = False
+    exact_sampler: ClassVar[bool] = False
     network: nn.Module | None = None
     sigma_min: float
     sigma_max: float
@@ -103,6 +107,11 @@ class Teacher(ABC):
         Returns:
             ``(B, *shape)``.
         """
+
+    @property
+    def sampler_evaluations(self) -> int:
+        """Denoiser evaluations per sample of :meth:`sample_from` (EDM's Heun sampler)."""
+        return 2 * self.sampler_steps - 1
 
     def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0) -> Tensor:
         """``log p_sigma(x)`` of ``x: (B, *shape)`` at scalar or ``(B,)`` levels, ``(B,)``; only

@@ -58,6 +58,7 @@ class GaussianMixtureTeacher(Teacher):
 
     evaluator = MixtureEvaluator
     exact_density = True
+    exact_sampler = True
 
     def __init__(
         self,
