@@ -264,3 +264,30 @@ def test_distribution_matching_step_is_finite_where_the_teacher_denoises_to_the_
     assert torch.isfinite(step).all() and torch.isfinite(loss).all()
     assert torch.equal(step[0], torch.zeros(3))
     assert step[1, 0] == pytest.approx(1e-6 / 1e-8)
+
+
+def test_another_seed_stream_shares_no_randomness_with_the_seed():
+    """seed_stream 1 of seed 0 starts from other generators than seed 0 (not the low 32 bits of
+    an offset seed, which torch's CPU generator would map back onto stream 0) and than seed 1:
+    other initial weights, other latents."""
+    plain = distiller(steps=0, seed=0)
+    stream = distiller(steps=0, seed=0, **{"seed_stream": 1})
+    other_seed = distiller(steps=0, seed=1)
+    assert not same_parameters(plain.student, stream.student)
+    assert not same_parameters(other_seed.student, stream.student)
+    assert not torch.equal(plain._latents(8), stream._latents(8))
+    assert same_parameters(stream.student, distiller(steps=0, seed=0, **{"seed_stream": 1}).student)
+
+
+def test_evaluation_counts_follow_the_schedule():
+    """Per generator step: B teacher evaluations (its score at the student samples); per
+    critic step B fake-score and 2B ratio evaluations, per student step B of each; the warm-up's
+    critic steps count from step 0; exact mixture samples cost the teacher nothing."""
+    d = distiller(steps=0)
+    train = d.cfg.train
+    b, k = train.batch_size, train.critic_steps_per_generator_step
+    for step in (0, 5):
+        counts = d.evaluation_counts(step)
+        critic_steps = train.fake_warmup_steps + step * k
+        assert counts["teacher_evaluations"] == b * step
+        assert counts["critic_evaluations"] == b * (3 * critic_steps + 2 * step)

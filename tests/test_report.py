@@ -78,11 +78,15 @@ def test_markdown_table_shows_those_numbers_and_the_diverged_count(report):
     cells = [c.strip() for c in forward_row.strip("|").split("|")]
     assert cells[1] == "0"  # no finished seed
     assert cells[-3] == "2"  # diverged
-    assert "FD (n=512) vs reverse_kl" in text and "## vs reverse_kl (paired by seed)" in text
+    assert "FD (n=512) vs reverse_kl" in text
+    assert "## At the last step: each arm against reverse_kl, paired by seed" in text
+    assert text.index("## Are the students good enough to compare?") < text.index(
+        "## Verdicts against reverse_kl, budget by budget") < text.index("## Final values")
     assert cells[-1] == "too few seeds"
     header = next(line for line in text.splitlines() if line.startswith("| generator | seeds"))
     assert "FD (n=512) 95 % CI" in header
-    pearson_row = next(line for line in text.splitlines() if line.startswith("| pearson |"))
+    final = text[text.index("## Final values"):]
+    pearson_row = next(line for line in final.splitlines() if line.startswith("| pearson |"))
     # 2 seeds: no 95 % interval is possible (one inside the range covers at most 50 %)
     assert "needs ≥ 6 seeds" in pearson_row and "no detectable difference" in pearson_row
 
@@ -138,7 +142,8 @@ def test_results_csv_has_one_row_per_run_and_metric(report):
 
 def test_every_chart_is_a_valid_non_blank_image(report):
     out, _ = report
-    for name in ("curves", "final_fd", "tradeoffs", "weights", "samples"):
+    for name in ("efficiency", "final", "ratio_check", "curves", "tradeoffs", "weights",
+                 "samples"):
         image = plt.imread(out / f"{name}.png")
         assert image.ndim == 3 and min(image.shape[:2]) > 100
         assert np.std(image[..., :3]) > 0.02, f"{name}.png looks blank"
@@ -159,8 +164,10 @@ def test_pages_reference_only_existing_files(report):
     out, _ = report
     parser = Links()
     parser.feed((out / "index.html").read_text())
-    assert len(parser.sources) == 6  # the five charts and the ratio check's
-    assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
+    charts = ["efficiency.png", "final.png", "ratio_check.png", "curves.png",
+              "tradeoffs.png", "weights.png", "samples.png"]
+    assert parser.sources == charts  # the PNG files beside the page, not inlined
+    assert all((out / src).exists() for src in parser.sources)
     markdown = (out / "README.md").read_text()
     for target in [part.split(")")[0] for part in markdown.split("](")[1:]]:
         assert (out / target).exists(), target

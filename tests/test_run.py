@@ -30,7 +30,9 @@ def test_run_writes_its_files(tmp_path):
     assert provenance["torch"] == torch.__version__ and "metric_protocol" in provenance
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     assert records[0]["step"] == 0 and "fd_n256" in records[0]
-    assert [r["step"] for r in records[1:]] == list(range(2, 7, 2))
+    # every log_every (2) steps and every evaluation (eval.every 3): none is lost
+    assert [r["step"] for r in records[1:]] == [2, 3, 4, 6]
+    assert [r["step"] for r in records if "fd_n256" in r] == [0, 3, 6]
     assert {"weight_mean", "ratio_q50", "ratio_accuracy", "loss_dm"} <= set(records[-1])
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["metrics"] == result.metrics
@@ -40,7 +42,8 @@ def test_run_writes_its_files(tmp_path):
     state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)
     assert state["distiller"]["generator_step"] == 6
     assert reports[-1][0]["final"] and reports[-1][0]["status"] == "finished"
-    assert [r["step"] for r, c in reports if c is not None] == [6]  # checkpoint_every = 3
+    # checkpoint_every = 3: at the records of steps 3 and 6
+    assert [r["step"] for r, c in reports if c is not None] == [3, 6]
 
 
 class Interrupt(Exception):
@@ -144,8 +147,10 @@ def test_gmm16d_tiny_runs_with_its_projection_picture(tmp_path):
 
     declared = json.loads((tmp_path / "provenance.json").read_text())["metrics"]
     final_keys = {m["key"] for m in declared if m["stage"] == "final"}
-    costs = {m["key"] for m in declared if m["role"] == "cost"}
+    costs = {m["key"] for m in declared if m["role"] == "cost" and m["stage"] == "final"}
     assert costs == {"wall_time_s", "steps_per_s"} and costs <= final_keys
+    spent = {m["key"] for m in declared if m["role"] == "cost" and m["stage"] == "curve"}
+    assert spent == {"teacher_evaluations", "critic_evaluations"}
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert set(final["metrics"]) == set(result.metrics) == final_keys - costs
     assert all(math.isfinite(final[key]) and final[key] > 0 for key in costs)

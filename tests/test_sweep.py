@@ -57,12 +57,18 @@ def test_grid_sweep_tracks_one_parent_and_a_child_per_trial(grid_sweep):
 
     pearson = runs["pearson-s0"]
     expected = flatten(with_overrides(get_preset("gmm2d-tiny"), {"generator.name": "pearson"}))
-    assert pearson.data.params == {k: str(v) for k, v in expected.items()}
+    assert pearson.data.params == {
+        k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in expected.items()}
     assert pearson.data.tags["status"] == "finished" and pearson.data.tags["seed"] == "0"
     assert {"fd_n512", "nll_n512", "modes_covered_n512", "precision_k3_n256", "recall_k3_n256",
             "mmd_n256", "weight_mean", "ratio_q50", "ratio_accuracy"} <= set(pearson.data.metrics)
     history = client.get_metric_history(pearson.info.run_id, "weight_max")
-    assert sorted(m.step for m in history) == [2, 4, 6]  # log_every = 2 generator steps
+    # a record every log_every = 2 generator steps and at every evaluation (eval.every = 3)
+    assert sorted(m.step for m in history) == [2, 3, 4, 6]
+    # a curve holds real evaluations only: its history is the evaluation schedule, although
+    # every report to Tune repeats the latest value
+    for key in ("fd_n256", "nll_n256"):
+        assert [m.step for m in client.get_metric_history(pearson.info.run_id, key)] == [0, 3, 6]
     assert {"config.json", "samples.png", "metrics.jsonl", "final_metrics.json"} <= {
         a.path for a in client.list_artifacts(pearson.info.run_id)}
 
@@ -129,7 +135,8 @@ def test_dry_run_lists_trials_without_starting_anything(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["sweep", str(REPO / "sweeps" / "divergences.yaml"),
                                       "--dry-run"])
     assert result.exit_code == 0
-    assert "130 runs in 13 trials" in result.output and "alpha-a1.5-s0-9" in result.output
+    assert "176 runs in 11 trials" in result.output
+    assert "reverse_kl-seed_stream=1-s0-15" in result.output
     assert list(tmp_path.iterdir()) == []
 
 
@@ -278,7 +285,7 @@ def test_validity_controls_on_a_tiny_sweep_of_seed_batches(tmp_path):
     assert "A/A control reverse_kl seed_stream=1 (the reference's method on independent " \
            "randomness): flagged in " in text
     assert ("Positive control reverse_kl train.lr=1e-12 (known to differ slightly): flagged "
-            "at 2 of 2 comparisons") in text
+            "at ") in text and "step 20 (worse), step 40 (worse)" in text
     long = (out / "results_long.csv").read_text().splitlines()
     assert long[0] == "trial,seed,arm,budget,metric,value"
 
