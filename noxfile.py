@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests`, `nox -s slow`, `nox -s lint`, `nox -s bench_engine`.
+"""Sessions: `nox -s tests`, `nox -s slow`, `nox -s lint`, `nox -s docs`, `nox -s bench_engine`.
 
 Every session runs in the environment nox itself was started from (`python=False`, and
 `sys.executable` rather than whatever `python` is first on PATH): the project's `.venv`,
@@ -40,3 +40,13 @@ def lint(session: nox.Session) -> None:
 def bench_engine(session: nox.Session) -> None:
     """Per-generator table of `bench run --preset gmm2d`: FD drop, quality, wall time, memory."""
     session.run(PYTHON, "benchmarks/engine.py", *session.posargs)
+
+
+@nox.session(python=False)
+def docs(session: nox.Session) -> None:
+    """The reference page from the code, then the docs site with `mkdocs build --strict`
+    (mkdocs-material from the `docs` extra) into site/."""
+    session.run(PYTHON, "-m", "pip", "install", "--quiet", "-e", ".[docs]")
+    with open("docs/reference.md", "w") as page:
+        session.run(PYTHON, "-m", "bench.reference", stdout=page)
+    session.run(str(Path(PYTHON).parent / "mkdocs"), "build", "--strict")

@@ -22,7 +22,7 @@ from dibregman.config import Config, ConfigError, EvalConfig, config_keys, with_
 from dibregman.data import dataset_names
 from dibregman.equivalence import known_equivalences
 from dibregman.evaluate import curve_metrics
-from dibregman.presets import get_preset, preset_names
+from dibregman.presets import get_preset, preset_names, tuning_warnings
 from dibregman.ratio import estimator_names
 from dibregman.results import MetricSpec, Status
 from dibregman.run import check_run_dir, run_experiment
@@ -172,6 +172,10 @@ def run(
                 f"{torch.cuda.device_count()} GPUs, one per process")
     except (ConfigError, distributed.DataParallelError) as err:
         raise error(str(err)) from None
+    if loud:
+        for warning in tuning_warnings(cfg):
+            err_console.print(f"[yellow]warning: {escape(warning)}[/]", highlight=False,
+                              soft_wrap=True)
     run_dir = out or Path("runs") / f"{cfg.preset}-{cfg.generator.name}-s{cfg.seed}"
     if not worker and nproc_per_node > 1:
         try:  # what rank 0 would refuse, refused here with exit 2 (torchrun's failure is 1)
@@ -455,12 +459,14 @@ def report(
         str | None, typer.Argument(metavar="[SWEEP_NAME]", help="Default: the latest sweep.")
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (as for sweep).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Default: reports/SWEEP_NAME.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Default: runs/reports/SWEEP_NAME (ignored by git; the committed example report "
+             "is regenerated with --out reports/divergences).")] = None,
     format_: Annotated[
         str, typer.Option("--format", help="Pages to write: md, html or md,html.")
     ] = "md,html",
 ) -> None:
-    """Render a sweep's comparison tables and trade-off charts into reports/."""
+    """Render a sweep's verdicts, tables and charts into runs/reports/SWEEP_NAME."""
     import time
 
     from bench.report import ReportError, build_report

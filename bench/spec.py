@@ -80,7 +80,7 @@ from dibregman.equivalence import (
     same_method_groups,
 )
 from dibregman.evaluate import curve_metrics, declared_metrics
-from dibregman.presets import get_preset, preset_names
+from dibregman.presets import get_preset, preset_names, tuning_warnings
 from dibregman.results import Stage
 from dibregman.validation import validate
 
@@ -159,8 +159,9 @@ class SweepSpec:
         max_concurrent: concurrent trials (None: as many as resources allow).
         time_budget_s: stop the sweep after this many seconds (None: no limit).
         spec_hash: hash of the canonical spec content (provenance).
-        warnings: grid arms that duplicate others (the spec stays valid); ``bench sweep``
-            prints them. The A/A control is a deliberate duplicate and is not warned about.
+        warnings: grid arms that duplicate others, and mixtures much harder than the preset
+            was tuned on (:func:`dibregman.presets.tuning_warnings`); the spec stays valid,
+            ``bench sweep`` prints them (``--dry-run`` too).
         controls: role (``aa``, ``positive``) -> the control arm's name (:func:`arm_name`);
             the control arms are the last points of ``grid``.
         headline: the final metric the report ranks and compares arms by (None: the one the
@@ -445,8 +446,10 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         search=search, scheduler=scheduler, metric=metric, mode=mode, resources=resources,
         max_concurrent=max_concurrent, time_budget_s=float(budget) if budget else None,
         spec_hash=hashlib.sha256(canonical.encode()).hexdigest()[:12],
-        warnings=(_duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
-                  if search is None else []),
+        warnings=[*(_duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
+                    if search is None else []),
+                  *dict.fromkeys(w for point in grid
+                                 for w in tuning_warnings(with_overrides(base, point)))],
         controls=controls, headline=top, seed_batch=seed_batch, workers_per_trial=workers,
         budgets=budgets, confirmatory=confirmatory, target=float(target),
     )

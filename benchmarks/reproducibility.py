@@ -2,13 +2,14 @@
 
 Runs a sweep spec twice, on two disjoint seed sets (the spec's seeds, then as many seeds
 following its largest), each with its own MLflow store and Ray storage, through the same
-``bench sweep`` a user types, and compares the two reports' comparisons:
+``bench sweep`` a user types, and compares the two reports' verdicts (Holm over the spec's
+declared confirmatory family), budget by budget and for time to target:
 
-* the Spearman rank correlation of the arms' means of the headline metric;
-* the share of arms whose verdict against the reference (better / worse / no detectable
-  difference, Holm-adjusted) is the same in both seed sets, and the verdicts that are
-  significant in the same direction in both;
-* whether the spec's validity controls behaved in each set.
+* verdict agreement (better / worse / no detectable difference the same in both sets);
+* the number of significant verdicts in each set, how many replicate (significant in both,
+  same sign) and how many flip sign;
+* the A/A control's and the positive control's verdicts in each set;
+* the Spearman rank correlation of the arms' headline means at the last budget.
 
     python benchmarks/reproducibility.py sweeps/divergences.yaml --cpus 2 --out repro
 
@@ -49,20 +50,24 @@ def run_seed_set(spec_path: Path, seeds: list[int], workdir: Path, cpus: int) ->
     return store, time.perf_counter() - started
 
 
-def read_comparison(store: Path, name: str, out: Path):
-    """The report of sweep ``name`` in ``store``, written to ``out``; returns its data and
-    comparison frame."""
+def read_verdicts(store: Path, name: str, out: Path):
+    """The report of sweep ``name`` in ``store``, written to ``out``; returns its data and its
+    comparisons per budget (:func:`bench.report.verdicts.compare_budgets`)."""
     from bench.report import build_report
     from bench.report.reading import find_parent, load_sweep
-    from bench.report.tables import compare, control_lines, order_labels, summarise
+    from bench.report.tables import order_labels, summarise
+    from bench.report.verdicts import compare_budgets, family_from
     from bench.tracking import open_store
 
     uri = f"sqlite:///{store}"
     build_report(name, uri, out)
     client = open_store(uri)
     data = load_sweep(client, find_parent(client, name), uri)
-    comparison = compare(data, order_labels(data, summarise(data))).set_index("label")
-    return data, comparison, control_lines(data, comparison.reset_index())
+    labels = order_labels(data, summarise(data))
+    return data, compare_budgets(data, labels, family_from(data)), summarise(data)
+
+
+FLAGGED = ("better", "worse")
 
 
 def main() -> None:
@@ -85,35 +90,51 @@ def main() -> None:
         workdir = root / f"seeds-{label}"
         store, wall = ((workdir / "mlflow.db", float("nan")) if args.reuse
                        else run_seed_set(spec_path, seeds, workdir, args.cpus))
-        sweep, comparison, controls = read_comparison(store, data["name"],
-                                                      root / f"report-{label}")
-        results.append((label, seeds, wall, sweep, comparison, controls))
+        sweep, frame, summary = read_verdicts(store, data["name"], root / f"report-{label}")
+        results.append((label, seeds, wall, sweep, frame, summary))
 
-    (_, _, _, sweep, a, controls_a), (_, _, _, _, b, controls_b) = results
-    arms = [label for label in a.index if label in b.index]
-    rho = spearmanr(a.loc[arms, "mean"], b.loc[arms, "mean"]).statistic
-    compared = [arm for arm in arms if a.loc[arm, "verdict"] != "reference"]
-    agree = [arm for arm in compared if a.loc[arm, "verdict"] == b.loc[arm, "verdict"]]
-    significant = [arm for arm in agree if a.loc[arm, "verdict"] in ("better", "worse")]
-
-    print(f"\nreproducibility of {args.spec} ({sweep.headline.label}, reports under {root})\n")
+    (_, _, _, sweep, a, summary_a), (_, _, _, _, b, summary_b) = results
+    keyed_a = a.set_index(["label", "budget"])
+    keyed_b = b.set_index(["label", "budget"])
+    cells = [key for key in keyed_a.index if key in keyed_b.index]
+    controls = sweep.controls
+    arms = {label for label, _ in cells} - set(controls.values())
+    print(f"\nreproducibility of {args.spec} ({sweep.headline.label}; reports under {root})\n")
     print("| seed set | seeds | wall s |")
     print("|---|---|---|")
     for label, seeds, wall, *_ in results:
         print(f"| {label} | {seeds[0]}–{seeds[-1]} ({len(seeds)}) | {wall:.0f} |")
-    print("\n| arm | mean A | mean B | verdict A | p Holm A | verdict B | p Holm B |")
-    print("|---|---|---|---|---|---|---|")
-    for arm in arms:
-        print(f"| {arm} | {a.loc[arm, 'mean']:.4g} | {b.loc[arm, 'mean']:.4g} "
-              f"| {a.loc[arm, 'verdict']} | {a.loc[arm, 'p_holm']:.3g} "
-              f"| {b.loc[arm, 'verdict']} | {b.loc[arm, 'p_holm']:.3g} |")
-    print(f"\nSpearman of arm means: {rho:.3f} over {len(arms)} arms")
-    print(f"verdict agreement: {len(agree)}/{len(compared)} = {len(agree) / len(compared):.0%}")
-    print(f"significant in the same direction in both: {len(significant)} "
-          f"({', '.join(significant) or 'none'})")
-    for label, lines in (("A", controls_a), ("B", controls_b)):
-        for line in lines:
-            print(f"seed set {label}: {line}")
+    print("\n| budget | family | verdicts agree | significant A | significant B | replicate "
+          "(both, same sign) | flip sign | A/A flagged (A, B) | positive control (A, B) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for budget in dict.fromkeys(budget for _, budget in cells):
+        here = [cell for cell in cells if cell[1] == budget and cell[0] in arms]
+        va = {cell: keyed_a.loc[cell, "verdict"] for cell in here}
+        vb = {cell: keyed_b.loc[cell, "verdict"] for cell in here}
+        agree = sum(va[c] == vb[c] for c in here)
+        sig_a = [c for c in here if va[c] in FLAGGED]
+        sig_b = [c for c in here if vb[c] in FLAGGED]
+        replicate = sum(va[c] == vb[c] and va[c] in FLAGGED for c in here)
+        flips = sum(va[c] in FLAGGED and vb[c] in FLAGGED and va[c] != vb[c] for c in here)
+        family = "confirmatory" if bool(keyed_a.loc[here[0], "confirmatory"]) else \
+            "exploratory"
+
+        def control(role: str, budget: object = budget) -> str:
+            cell = (controls.get(role), budget)
+            if cell not in keyed_a.index or cell not in keyed_b.index:
+                return "–"
+            return f"{keyed_a.loc[cell, 'verdict']}, {keyed_b.loc[cell, 'verdict']}"
+
+        name = budget if isinstance(budget, str) else f"step {budget}"
+        print(f"| {name} | {family} | {agree}/{len(here)} | {len(sig_a)} | {len(sig_b)} | "
+              f"{replicate} | {flips} | {control('aa')} | {control('positive')} |")
+    key = sweep.headline.key
+    means_a = summary_a[summary_a.metric == key].set_index("label")["mean"]
+    means_b = summary_b[summary_b.metric == key].set_index("label")["mean"]
+    common = [arm for arm in means_a.index if arm in means_b.index]
+    rho = spearmanr(means_a[common], means_b[common]).statistic
+    print(f"\nSpearman of the arms' {key} means at the last budget: {rho:.3f} over "
+          f"{len(common)} arms")
 
 
 if __name__ == "__main__":

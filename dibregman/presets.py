@@ -88,34 +88,54 @@ _CIFAR10_EDM = Config(
 )
 
 
+# The default task, chosen by benchmarks/tasks.py (docs/tasks.md): 8 modes on
+# a ring with weights 40 % ... 1 %, where generators differ by more than their seed noise.
+# The student reads random Fourier features of its latent (off-mode mass 14 % -> 5 %); small
+# networks, batch 128 and 2 critic steps per student step keep a run near 10 s on one core.
+# One critic step per student step was 20 % faster but left modes uncovered (7.7 of 8 over
+# 10 seeds); 50 warm-up steps instead of 100 and MMD on 1000 samples instead of 2000 cost
+# nothing measurable (off-mode share 0.069 vs 0.066, precision 0.898 vs 0.896) and 15 % of
+# the time (reverse KL, seeds 0-9 as one seed batch). The ratio network learns at 3x the
+# rate (train.ratio_lr_scale) on 64 Fourier features of its input (NetConfig's default):
+# its accuracy then stays within about 0.035 of the true ratio's rule on average at
+# sigma <= 1 (benchmarks/ratio.py and the live check, docs/ratio.md).
+_GMM2D = Config(
+    preset="gmm2d",
+    teacher="mixture",
+    mixture=MixtureConfig(layout="ring", modes=8, dim=2, std=0.2, scale=2.0,
+                          weights=(0.4, 0.2, 0.12, 0.1, 0.08, 0.05, 0.04, 0.01)),
+    net=NetConfig(hidden=64, depth=3, fourier_features=64,
+                  fourier_scale=2.0 * math.sqrt(2)),
+    train=TrainConfig(generator_steps=400, critic_steps_per_generator_step=2,
+                      fake_warmup_steps=50, batch_size=128, ratio_lr_scale=3.0),
+    eval=EvalConfig(n_mmd=1000),
+)
+
+
 _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
-    # The default task, chosen by benchmarks/tasks.py (README "Choosing the task"): 8 modes on
-    # a ring with weights 40 % ... 1 %, where generators differ by more than their seed noise.
-    # The student reads random Fourier features of its latent (off-mode mass 14 % -> 5 %); small
-    # networks, batch 128 and 2 critic steps per student step keep a run near 10 s on one core.
-    # One critic step per student step was 20 % faster but left modes uncovered (7.7 of 8 over
-    # 10 seeds); 50 warm-up steps instead of 100 and MMD on 1000 samples instead of 2000 cost
-    # nothing measurable (off-mode share 0.069 vs 0.066, precision 0.898 vs 0.896) and 15 % of
-    # the time (reverse KL, seeds 0-9 as one seed batch). The ratio network learns at 3x the
-    # rate (train.ratio_lr_scale) on 64 Fourier features of its input (NetConfig's default):
-    # its accuracy then stays within about 0.035 of the true ratio's rule on average at
-    # sigma <= 1 (benchmarks/ratio.py and the live check, docs/ratio.md).
-    "gmm2d": (Config(
-        preset="gmm2d",
-        teacher="mixture",
-        mixture=MixtureConfig(layout="ring", modes=8, dim=2, std=0.2, scale=2.0,
-                              weights=(0.4, 0.2, 0.12, 0.1, 0.08, 0.05, 0.04, 0.01)),
-        net=NetConfig(hidden=64, depth=3, fourier_features=64,
-                      fourier_scale=2.0 * math.sqrt(2)),
-        train=TrainConfig(generator_steps=400, critic_steps_per_generator_step=2,
-                          fake_warmup_steps=50, batch_size=128, ratio_lr_scale=3.0),
-        eval=EvalConfig(n_mmd=1000),
-    ), _TINY_MLP),
+    "gmm2d": (_GMM2D, _TINY_MLP),
+    # The scenario ladder (docs/tasks.md): gmm2d with one change each where theory says the
+    # generator should matter more, or less. A student without Fourier features of its latent
+    # (an MLP's spectral bias: it cannot jump cleanly between modes, 14 % of samples off-mode
+    # for reverse KL); the ratio estimate before the Fourier features (a plain MLP at the
+    # student's rate: nearly flat weights, docs/ratio.md); a teacher whose smallest mode holds
+    # 0.5 % of the mass (dropping it is the failure); and the oracle ratio (the teacher's exact
+    # density over a KDE of the student: the ceiling of how much h can matter here).
+    "gmm2d-small-student": (with_overrides(_GMM2D, {
+        "preset": "gmm2d-small-student", "net.fourier_features": 0}), _TINY_MLP),
+    "gmm2d-weak-ratio": (with_overrides(_GMM2D, {
+        "preset": "gmm2d-weak-ratio", "net.ratio_fourier_features": 0,
+        "train.ratio_lr_scale": 1.0}), _TINY_MLP),
+    "gmm2d-imbalanced": (with_overrides(_GMM2D, {
+        "preset": "gmm2d-imbalanced",
+        "mixture.weights": (0.55, 0.2, 0.1, 0.07, 0.04, 0.02, 0.015, 0.005)}), _TINY_MLP),
+    "gmm2d-oracle": (with_overrides(_GMM2D, {
+        "preset": "gmm2d-oracle", "ratio.estimator": "oracle"}), _TINY_MLP),
     # The 5x5 grid of equal modes (std 0.05, spacing 1): a one-step map must jump between 25
     # tight modes, which distribution matching alone does not learn in a few thousand steps
     # (40 % of samples between modes after 1500 steps). DMD's regression term on teacher ODE
     # pairs, weighted 100, with 128 Fourier features at scale 12 and 3000 steps brings reverse
-    # KL to ~20 % (benchmarks/tasks.py, README "Choosing the task"); the regression term is the
+    # KL to ~20 % (benchmarks/tasks.py, docs/tasks.md); the regression term is the
     # same for every generator, so the generators still differ only in their weights.
     "gmm2d-grid": (Config(
         preset="gmm2d-grid",
@@ -232,3 +252,24 @@ def get_preset(name: str) -> Config:
             f"unknown preset {name!r}; valid: {', '.join(preset_names())}"
         ) from None
 
+
+
+def tuning_warnings(cfg: Config) -> list[str]:
+    """Warnings for a mixture teacher much harder than the one ``cfg``'s preset was tuned on:
+    more than twice the modes, less than half the standard deviation, or more dimensions. Its
+    students may fail on that schedule (a 16-mode mixture of small modes on ``gmm2d``'s left
+    75 % of samples off-mode); say so before anything runs."""
+    tuned = PRESETS.get(cfg.preset)
+    if tuned is None or cfg.teacher != "mixture" or tuned.teacher != "mixture":
+        return []
+    mine, base = cfg.mixture, tuned.mixture
+    harder = [f"{what} ({mine_value} against {base_value})" for what, mine_value, base_value, hard
+              in (("modes", mine.modes, base.modes, mine.modes > 2 * base.modes),
+                  ("std", mine.std, base.std, mine.std < 0.5 * base.std),
+                  ("dim", mine.dim, base.dim, mine.dim > base.dim)) if hard]
+    if not harder:
+        return []
+    return [f"the mixture is harder than preset {cfg.preset}'s, whose schedule "
+            f"({cfg.train.generator_steps} student steps) was tuned on it: "
+            f"{', '.join(harder)}; scale the budget (--set train.generator_steps=N, and a "
+            f"sweep's budgets) and read the report's quality gate before its verdicts"]

@@ -349,3 +349,15 @@ def test_budgets_and_the_confirmatory_family_are_declared_in_the_spec(tmp_path):
 def test_bad_budgets_and_families_are_refused(tmp_path, change, message):
     with pytest.raises(SpecError, match=message):
         load_spec(write(tmp_path, {**BASE, **change}))
+
+
+def test_a_mixture_much_harder_than_its_preset_warns_before_anything_runs(tmp_path):
+    spec = load_spec(write(tmp_path, {**BASE, "set": {"mixture.modes": 25,
+                                                      "mixture.layout": "grid",
+                                                      "mixture.std": 0.05,
+                                                      "mixture.weights": []}}))
+    (warning,) = spec.warnings
+    assert "harder than preset gmm2d-tiny's" in warning
+    assert "modes (25 against 8)" in warning and "std (0.05 against 0.2)" in warning
+    assert "train.generator_steps" in warning
+    assert load_spec(write(tmp_path, BASE)).warnings == []

@@ -1,4 +1,6 @@
-"""``bench report``: a sweep's runs from MLflow -> tables, charts and pages in ``reports/<sweep>/``.
+"""``bench report``: a sweep's runs from MLflow -> tables, charts and pages in
+``runs/reports/<sweep>/`` (an ignored folder: the repository's committed example report,
+``reports/divergences/``, changes only when it is regenerated on purpose with ``--out``).
 
 The sweep is read back from MLflow (:mod:`bench.report.reading`), summarised over seeds and
 compared with the reference arm (:mod:`bench.report.tables`, with the statistics of
@@ -58,7 +60,9 @@ from bench.report.verdicts import (
 from bench.tracking import open_store, resolve_tracking_uri
 from dibregman.results import Status
 
-__all__ = ["FORMATS", "ReportError", "build_report"]
+__all__ = ["DEFAULT_REPORTS", "FORMATS", "ReportError", "build_report"]
+# Where reports go by default: beside the runs, ignored by git.
+DEFAULT_REPORTS = Path("runs") / "reports"
 
 
 def build_report(sweep: str | None = None, tracking_uri: str | None = None,
@@ -68,7 +72,7 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
     Args:
         sweep: sweep name (None: the most recent sweep in the store).
         tracking_uri: MLflow store (None: as ``bench sweep`` resolves it).
-        out: output directory (None: ``reports/<sweep>``).
+        out: output directory (None: :data:`DEFAULT_REPORTS` ``/<sweep>``).
         formats: pages to write, from ``md`` and ``html``.
 
     Raises:
@@ -83,7 +87,7 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
                           f"--tracking-uri")
     client = open_store(uri)
     data = load_sweep(client, find_parent(client, sweep), uri)
-    out = Path(out) if out else Path("reports") / data.name
+    out = Path(out) if out else DEFAULT_REPORTS / data.name
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written into a temporary folder beside ``out`` and moved into place at the end, so that
     # a failure never leaves a half-written report.
