@@ -489,15 +489,21 @@ def ui(
     import os
     import sys
 
-    from bench.tracking import resolve_tracking_uri
+    from bench.tracking import open_store, resolve_tracking_uri, tag_sweep_experiments
 
     uri = resolve_tracking_uri(tracking_uri)
+    if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists():
+        tag_sweep_experiments(open_store(uri))  # the UI opens every sweep on its runs table
     console.print(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(port)]
     sys.stdout.flush()
-    # Become the server, so Ctrl-C and signals reach it and no orphan is left behind.
-    os.execv(sys.executable, command)
+    # Become the server, so Ctrl-C and signals reach it and no orphan is left behind. The UI's
+    # own dependencies' deprecation warnings (Starlette's) are not the user's to act on.
+    # (StarletteDeprecationWarning is a UserWarning whose messages start with the module.)
+    env = {**os.environ,
+           "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore:starlette:UserWarning"}
+    os.execve(sys.executable, command, env)
 
 
 @app.command("list")

@@ -280,12 +280,17 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (the last would win)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (the last would win) and a
+    key that is a list or a mapping (``? [a, b]``: no spec field is named so)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain name, not a list or a mapping",
+                    key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -373,15 +378,28 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
             raise fail("grid", "missing: a spec needs a grid or a search")
         grid = _expand_grid(data["grid"], fail)
     where_in_spec = [f"grid[{i}]" if len(grid) > 1 else "grid" for i in range(len(grid))]
+
+    def check(points: list[dict[str, Any]], where: list[str]) -> None:
+        """Every point at every seed a valid config (before anything reads its values)."""
+        for point, place in zip(points, where, strict=True):
+            for seed in seeds:
+                try:
+                    validate(with_overrides(base, {**point, "seed": seed}))
+                except ConfigError as err:
+                    raise fail(place, f"{trial_name({**point, 'seed': seed})}: {err}") from None
+
+    check(grid, where_in_spec)
     controls = {}
     if "controls" in data:
         if search is not None:
             raise fail("controls", "controls belong to a grid sweep, not a search")
-        for role, point in _parse_controls(data["controls"], grid, fail).items():
+        for role, point in _parse_controls(data["controls"], grid, fail, check).items():
             controls[role] = arm_name(point)
             grid.append(point)
             where_in_spec.append(f"controls.{role}")
-
+    if search is not None and ("budgets" in data or "confirmatory" in data):
+        raise fail("budgets" if "budgets" in data else "confirmatory",
+                   "budgets and a confirmatory family belong to a grid sweep, not a search")
     budgets = _parse_budgets(data.get("budgets"), [with_overrides(base, p) for p in grid], fail)
     if budgets:
         overrides["eval.budgets"] = budgets
@@ -391,17 +409,6 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
     if not isinstance(target, (int, float)) or isinstance(target, bool) or not target >= 1:
         raise fail("target", f"{target!r} must be a number >= 1 (1.1: within 10 % of the "
                              f"reference's value at the last budget)")
-    if search is not None and ("budgets" in data or "confirmatory" in data):
-        raise fail("budgets" if "budgets" in data else "confirmatory",
-                   "budgets and a confirmatory family belong to a grid sweep, not a search")
-
-    for index, point in enumerate(grid):
-        for seed in seeds:
-            try:
-                validate(with_overrides(base, {**point, "seed": seed}))
-            except ConfigError as err:
-                raise fail(where_in_spec[index],
-                           f"{trial_name({**point, 'seed': seed})}: {err}") from None
     if search is not None:
         _check_search_bounds(base, search, fail)
 
@@ -488,7 +495,8 @@ def _parse_confirmatory(value: Any, budgets: tuple[int, ...], fail) -> Confirmat
     return ConfirmatorySpec(tuple(sorted(chosen)), time_to_target)
 
 
-def _parse_controls(value: Any, grid: list[dict[str, Any]], fail) -> dict[str, dict[str, Any]]:
+def _parse_controls(value: Any, grid: list[dict[str, Any]], fail,
+                    check: Any) -> dict[str, dict[str, Any]]:
     """``controls: {aa: {...}, positive: {...}}``: each a mapping of config overrides, like a
     grid point, whose arm name differs from every grid arm's (the report tells arms apart by
     name)."""
@@ -503,7 +511,8 @@ def _parse_controls(value: Any, grid: list[dict[str, Any]], fail) -> dict[str, d
                                                      f"valid: {', '.join(generator_names())}")
         if not point:
             raise fail(f"controls.{role}", "needs at least one config key, e.g. "
-                                           "{generator: alpha, generator.alpha: 1.0}")
+                                           "{generator: reverse_kl, seed_stream: 1}")
+        check([point], [f"controls.{role}"])  # valid values before any is read
         if arm_name(point) in names:
             raise fail(f"controls.{role}", f"{arm_name(point)!r} is already a grid arm; a "
                                            f"control needs its own name (e.g. reverse KL on "

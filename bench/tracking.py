@@ -119,14 +119,38 @@ def _connect(uri: str) -> MlflowClient:
     return client
 
 
+# MLflow 3's UI opens an experiment by this tag: without it a new experiment opens in its GenAI
+# view (traces, an assistant), the runs table hidden behind a toggle.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if missing."""
+    """The id of experiment ``name``, created if missing, tagged as model training (so the UI
+    opens on its runs)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+def tag_sweep_experiments(client: MlflowClient) -> int:
+    """Tag every experiment that holds a sweep as model training (stores written before the
+    tag existed); returns how many needed it."""
+    tagged = 0
+    for experiment in client.search_experiments():
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) == MODEL_TRAINING:
+            continue
+        if client.search_runs([experiment.experiment_id], f"tags.`{PARENT_TAG}` = 'true'",
+                              max_results=1):
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                      MODEL_TRAINING)
+            tagged += 1
+    return tagged
 
 
 def _finite_metrics(record: dict[str, Any], step: int, timestamp: int) -> list[Metric]:

@@ -112,3 +112,50 @@ def test_a_fuzzed_set_value_is_valid_or_a_config_error(key, value):
         assert str(err).strip() and "\n" not in str(err).strip()
         return
     assert isinstance(cfg, Config)
+
+
+wrong_shapes = st.one_of(
+    st.integers(min_value=-2**40, max_value=2**40), st.floats(allow_nan=False),
+    st.booleans(), st.none(), st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from(["a/b", "", ".inf", "1e999", "reverse_kl"]))
+
+
+@st.composite
+def misshapen_specs(draw) -> str:
+    """The base spec as YAML text with one field given a value of the wrong shape (a name that
+    is a number or a list, a number that is a word or a list), or with a list or a mapping as
+    a key."""
+    spec = dict(BASE_SPEC)
+    where = draw(st.sampled_from(["generator", "alpha", "name", "preset", "metric", "headline",
+                                  "aa", "key"]))
+    wrong = draw(wrong_shapes)
+    if where == "generator":
+        spec["grid"] = {"generator": [wrong]}
+    elif where == "alpha":
+        spec["grid"] = {"generator": ["alpha"], "generator.alpha": [wrong]}
+    elif where == "aa":
+        spec["controls"] = {"aa": {"generator": wrong, "seed_stream": 1}}
+    elif where != "key":
+        spec[where] = wrong
+    text = yaml.safe_dump(spec, allow_unicode=True)
+    if where == "key":
+        text += draw(st.sampled_from(["? [a, b]\n: 1\n", "? {a: 1}\n: 2\n"]))
+    return text
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(text=misshapen_specs())
+def test_a_misshapen_spec_through_the_cli_exits_2_with_one_line(tmp_path, text):
+    """Through `bench sweep SPEC --dry-run`, as a user types it: a valid spec (exit 0) or one
+    error line naming the file (exit 2), never a traceback."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["sweep", str(_write(tmp_path, text)), "--dry-run"])
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path}"), result.output

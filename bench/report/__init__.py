@@ -134,10 +134,12 @@ def _write_report(data: SweepData, client: MlflowClient, out: Path,
               "budgets later (+) or earlier (−) the arm gets there) and its Holm-adjusted p. "
               "Bold cells form the confirmatory family; the rest are exploratory.")
     sections.append(Section(f"Verdicts against {REFERENCE}, budget by budget",
-                            [*verdicts, *sensitivity_lines(budgets)],
+                            [*verdicts, *sensitivity_lines(budgets, data.controls.get("aa"))],
                             [(verdict_table(budgets, labels), legend)] if len(budgets) else []))
-    after = [Section(f"At the last step: each arm against {REFERENCE}, paired by seed",
-                     verdict_lines(data, comparison),
+    # With a budget family the verdict table says it all; without budgets (an older sweep, or
+    # a search) these lines are the verdicts in words.
+    words = [] if data.budgets else verdict_lines(data, comparison)
+    after = [Section(f"At the last step: each arm against {REFERENCE}, paired by seed", words,
                      [(paired_table(comparison), method_note(comparison))])]
     page = PageContent(data, comparison_table(data, summary, comparison, teacher), sections,
                        after, charts, prov)

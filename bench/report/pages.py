@@ -84,20 +84,28 @@ def write_provenance(data: SweepData, client: MlflowClient, out: Path) -> dict[s
 
 
 def _intro(data: SweepData, prov: dict[str, Any]) -> str:
-    """The pages' opening paragraph: the sweep, its runs by status, and how to read the table."""
+    """The pages' opening paragraph: the sweep, its runs by status, and the reading order."""
     counts = data.runs.status.value_counts().to_dict()
     top = data.headline
-    enough = min_seeds(1 - CONFIDENCE)
+    budgets = ", ".join(map(str, data.budgets)) or "the last step"
     return (f"Sweep `{data.name}` (spec `{prov['spec_path']}`, hash `{prov['spec_hash']}`): "
             f"{len(data.runs)} runs ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
-            f"preset `{data.parent.data.tags.get('sweep.preset')}`. "
-            f"Each cell is the mean ± std over seeds of the finished runs; {top.label} {CI} is "
-            f"the expanded-percentile bootstrap interval of its mean over seeds, shown from "
-            f"{enough} seeds (below that no interval reaches {CONFIDENCE * 100:g} % coverage). "
-            f"Rows are ordered by the mean of the headline metric, {top.label} "
-            f"({top.direction} is better), and **bold** marks the best mean of its column: both "
-            f"describe these seeds only. Which arms differ from {REFERENCE} is said by the last "
-            f"column's verdict, from the paired comparison below.")
+            f"preset `{data.parent.data.tags.get('sweep.preset')}`, arms compared with "
+            f"{REFERENCE} by {top.label} ({top.direction} is better) at budgets {budgets} "
+            f"(generator steps). Read it in order: whether the students are good enough to "
+            f"compare, whether the ratio estimate is, then the verdicts (only the "
+            f"confirmatory ones are claims), then the final values.")
+
+
+def _final_note(data: SweepData) -> str:
+    enough = min_seeds(1 - CONFIDENCE)
+    top = data.headline
+    return (f"Each cell is the mean ± std over seeds of the finished runs at the last step; "
+            f"{top.label} {CI} is the expanded-percentile bootstrap interval of its mean over "
+            f"seeds, shown from {enough} seeds (below that no interval reaches "
+            f"{CONFIDENCE * 100:g} % coverage). Rows are ordered by that mean and **bold** "
+            f"marks the best mean of its column: both describe these seeds only. The last "
+            f"column is the verdict at the last step from the table above.")
 
 
 @dataclass(frozen=True)
@@ -154,7 +162,7 @@ def write_markdown(page: PageContent, out: Path) -> None:
     parts = [f"# Report: {data.name}", _intro(data, prov)]
     for section in page.sections:
         parts += _markdown_section(section)
-    parts += [f"## {FINAL_HEADING}", markdown_table(*page.table)]
+    parts += [f"## {FINAL_HEADING}", _final_note(data), markdown_table(*page.table)]
     for section in page.after:
         parts += _markdown_section(section)
     parts += [f"## {CHART_CAPTIONS[c[:-4]]}\n\n![{CHART_CAPTIONS[c[:-4]]}]({c})"
@@ -194,7 +202,8 @@ def write_html(page: PageContent, out: Path) -> None:
         ".best{font-weight:bold;background:#e6f4ea}img{max-width:100%}</style></head><body>"
         f"<h1>Report: {html.escape(data.name)}</h1><p>{html.escape(_intro(data, prov))}</p>"
         + "".join(_html_section(section) for section in page.sections)
-        + f"<h2>{html.escape(FINAL_HEADING)}</h2>{html_table(*page.table)}"
+        + f"<h2>{html.escape(FINAL_HEADING)}</h2><p>{html.escape(_final_note(data))}</p>"
+        + html_table(*page.table)
         + "".join(_html_section(section) for section in page.after)
         + f"{images}<h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=2))}"
         "</pre></body></html>")

@@ -384,8 +384,9 @@ def method_note(comparison: pd.DataFrame, alpha: float = ALPHA) -> str:
     return (f"Runs with the same seed share initialisation and latents, so arms are compared "
             f"seed by seed. {effect}, with its {CONFIDENCE * 100:g} % expanded-percentile "
             f"bootstrap interval (shown from {enough} pairs). p: two-sided sign-flip "
-            f"permutation test (exact up to 13 pairs); p (Holm): adjusted over all arms "
-            f"compared; verdict at α = {alpha:g} by the metric's declared direction. "
+            f"permutation test (exact up to 13 pairs); p (Holm): adjusted as in the verdicts "
+            f"table (over the confirmatory family when the last step is in it, else over the "
+            f"arms compared); verdict at α = {alpha:g} by the metric's declared direction. "
             f"P(rank first): share of {stats.N_BOOTSTRAP:,} bootstrap resamples of each arm's "
             f"seeds in which its mean is the best — how settled the order is, not a test; "
             f"shown when every arm has ≥ {enough} seeds.")

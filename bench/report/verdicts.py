@@ -295,10 +295,10 @@ def control_budget_lines(data: SweepData, frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-def sensitivity_lines(frame: pd.DataFrame) -> list[str]:
+def sensitivity_lines(frame: pd.DataFrame, aa: str | None = None) -> list[str]:
     """What each budget's comparisons could have seen: the median minimum detectable effect
     over arms (80 % power, at the row's adjustment), and the confirmatory tests' power for
-    the effects observed."""
+    the effects observed (not the A/A control's, ``aa``: its true effect is 0)."""
     if frame.empty:
         return []
     parts = []
@@ -307,19 +307,26 @@ def sensitivity_lines(frame: pd.DataFrame) -> list[str]:
         if mde.empty:
             parts.append(f"{_budget_name(budget)}: none (too few seeds)")
             continue
-        unit = "×" if rows.scale.iloc[0] == stats.LOG_RATIO else "±"
         value = float(mde.median())
-        shown = f"×{value:.3g} either way" if unit == "×" else f"{value:.3g}"
+        if rows.scale.iloc[0] == stats.LOG_RATIO:
+            shown = f"×{value:.3g} either way"
+        elif budget == TIME_TO_TARGET:
+            shown = f"{value:.2g} budgets"
+        else:
+            shown = f"{value:.3g}"
         parts.append(f"{_budget_name(budget)}: {shown}")
     lines = ["Smallest difference each comparison could have detected (80 % power, median over "
              "arms): " + "; ".join(parts) + ". “No detectable difference” means no larger "
              "difference than this, not equality."]
-    confirmatory = frame[frame.confirmatory & frame.p_holm.notna()]
+    confirmatory = frame[frame.confirmatory & frame.p_holm.notna() & (frame.label != aa)]
     if len(confirmatory):
         weak = confirmatory[confirmatory.power < POWER]
-        lines.append(f"Power of the confirmatory tests for the effects observed (normal "
-                     f"approximation): median {confirmatory.power.median():.2f}; "
-                     f"{len(weak)} of {len(confirmatory)} below {POWER:g}.")
+        listed = "; ".join(f"{r.label} at {_budget_name(r.budget)}: {r.power:.2f}"
+                           for r in weak.itertuples())
+        lines.append(f"Power of the confirmatory tests for the effects they observed (normal "
+                     f"approximation; the A/A control's true effect is 0): median "
+                     f"{confirmatory.power.median():.2f}; {len(weak)} of {len(confirmatory)} "
+                     f"below {POWER:g}" + (f" ({listed})" if listed else "") + ".")
     return lines
 
 
