@@ -286,16 +286,21 @@ def teacher(
     console.print(f"teacher ({cfg.image_teacher.dataset}): {directory}")
 
 
-def run_import(importer: Callable[[], Path], source: Path) -> None:
+def run_import(importer: Callable[[], Path], source: Path,
+               note: Callable[[dict], str | None] | None = None) -> None:
     """Run ``importer()`` (which returns the written directory); a refused checkpoint or an
-    unreadable file is ``error: ...`` and exit 2."""
-    from dibregman.pretrained.store import CheckpointError
+    unreadable file is ``error: ...`` and exit 2. ``note(record)``: a line about the import to
+    print, if any."""
+    from dibregman.pretrained.store import CheckpointError, read_record
 
     try:
         directory = importer()
     except (CheckpointError, OSError) as err:
         raise fail(str(err)) from None
     console.print(f"imported {source} -> {directory}")
+    line = note(read_record(directory)) if note is not None else None
+    if line:
+        err_console.print(line, highlight=False, soft_wrap=True)
 
 
 @import_app.command("edm")
@@ -306,9 +311,9 @@ def import_edm_(
     key: Annotated[str, typer.Option(help="The pickle's entry holding the network.")] = "ema",
 ) -> None:
     """Import an NVlabs EDM checkpoint without executing the code it embeds."""
-    from dibregman.pretrained.edm import import_edm
+    from dibregman.pretrained.edm import import_edm, source_note
 
-    run_import(lambda: import_edm(pickle_path, out, key=key), pickle_path)
+    run_import(lambda: import_edm(pickle_path, out, key=key), pickle_path, source_note)
 
 
 @import_app.command("diffusers")

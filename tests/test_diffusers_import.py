@@ -243,9 +243,25 @@ def test_pickled_weights_load_only_with_weights_only(tmp_path):
     torch.testing.assert_close(load_imported(out)(x, 2.0), expected, atol=1e-5, rtol=1e-5)
 
     torch.save({"weights": Payload()}, src / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="refused, only tensors and plain containers") \
+            as caught:
         import_diffusers(src, tmp_path / "out2")
+    assert "weights_only=False" not in str(caught.value)  # never advises turning it off
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_cosine_schedule_keeps_its_true_largest_sigma():
+    """squaredcos_cap_v2 ends at abar ~ 2.4e-9: sigma_max is sqrt((1 - abar) / abar) of the
+    scheduler's own last abar (about 2e4), not the 4096 a floor of 2^-24 would give."""
+    from dibregman.pretrained.diffusers_unet import _vp_log_sigmas
+
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000,
+                                        beta_schedule="squaredcos_cap_v2")
+    last = float(scheduler.alphas_cumprod[-1])
+    assert last < 2.0**-24
+    truth = math.sqrt((1 - last) / last)
+    sigma_max = math.exp(float(_vp_log_sigmas(scheduler)[-1]))
+    assert sigma_max == pytest.approx(truth, rel=1e-9) and sigma_max > 10_000
 
 
 def test_without_diffusers_build_gives_install_hint(monkeypatch):

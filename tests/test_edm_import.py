@@ -267,6 +267,9 @@ def test_bench_teacher_import_edm(tmp_path: Path) -> None:
                                     str(tmp_path / "teacher")])
     assert good.exit_code == 0, good.output
     assert read_record(tmp_path / "teacher")["class_name"] == "VPPrecond"
+    # the test pickle's module source is no EDM release's: a note says it was not run
+    assert "is not one of the EDM releases' this importer knows; it was not run" in " ".join(
+        good.output.split())
 
     evil = write_edm_pickle(tmp_path / "evil.pkl", {"ema": network, "loss_fn": Call(os.getcwd)},
                             {id(network): NETWORKS["vp-ddpmpp"][1]}, tmp_path / "executed")
@@ -378,3 +381,39 @@ def test_edm_preconditioning_with_labels() -> None:
         assert denoised[i].unique().item() == pytest.approx(c_skip * 3 + c_out * 0.5, rel=1e-6)
     network(X, torch.tensor([0.5, 2.0]))  # unconditional: zero labels
     torch.testing.assert_close(stub.inputs[2], torch.zeros(1, 3))
+
+
+def test_a_known_release_source_gets_no_note() -> None:
+    from dibregman.pretrained.edm import KNOWN_EDM_SOURCES, source_note
+
+    known = next(iter(KNOWN_EDM_SOURCES))
+    assert source_note({"source": {"module_src_sha256": known}}) is None
+    assert "was not run" in source_note({"source": {"module_src_sha256": "0" * 64}})
+
+
+def test_an_infinite_noise_bound_is_written_as_strict_json(tmp_path: Path) -> None:
+    """EDM's EDMPrecond records sigma_max = inf: architecture.json stays strict JSON (no bare
+    Infinity), reads back as inf, and a file written before, with bare Infinity, still reads."""
+    import json
+
+    from dibregman.pretrained.store import RECORD_FILE
+
+    network = make_network("edm-adm")
+    network.sigma_max = float("inf")
+    out = import_edm(pickle_network(tmp_path, "edm-adm", network), tmp_path / "teacher")
+    text = (out / RECORD_FILE).read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"non-strict JSON: {name}"))
+    assert read_record(out)["sigma_max"] == float("inf")
+    (out / RECORD_FILE).write_text(text.replace('{"$float": "inf"}', "Infinity"))
+    assert read_record(out)["sigma_max"] == float("inf")
+
+
+def test_a_refusal_never_advises_turning_the_safety_off(tmp_path: Path) -> None:
+    from dibregman.pretrained.store import refusal_reason
+
+    torch.save({"call": Call(os.getcwd)}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError) as caught:
+        torch.load(tmp_path / "evil.pt", weights_only=True)
+    assert "weights_only" in str(caught.value)  # torch's own message advises it
+    reason = refusal_reason(caught.value)
+    assert "weights_only" not in reason and "UnpicklingError" in reason

@@ -67,6 +67,7 @@ from dibregman.pretrained.store import (
     CheckpointError,
     file_sha256,
     read_json_object,
+    refusal_reason,
     save_imported,
 )
 
@@ -94,8 +95,9 @@ EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 VP_PREDICTIONS = ("epsilon", "sample", "v_prediction")
 EDM_PREDICTIONS = ("epsilon", "v_prediction")
 LEARNED_VARIANCE = ("learned", "learned_range")
-# Smallest abar of a VP table: a zero-terminal-SNR schedule's last step (abar = 0) would have
-# sigma = inf; diffusers' EulerDiscreteScheduler uses the same floor.
+# The abar given to a zero-terminal-SNR schedule's last step (abar = 0, sigma = inf), as
+# diffusers' EulerDiscreteScheduler does; every positive abar is kept as it is (a cosine
+# schedule's last, 2.4e-9, gives sigma_max ~ 2e4, not the floor's 4096).
 MIN_ALPHA_CUMPROD = 2.0**-24
 
 UNET_CONFIG = "config.json"
@@ -137,9 +139,13 @@ def scheduler_class(name: str) -> type:
 
 
 def _vp_log_sigmas(scheduler: Any) -> Tensor:
-    """``log sigma_t = log sqrt((1 - abar_t) / abar_t)`` for ``t = 0..T-1``, float64, CPU."""
+    """``log sigma_t = log sqrt((1 - abar_t) / abar_t)`` for ``t = 0..T-1``, float64, CPU.
+
+    ``abar_t`` is the scheduler's own ``alphas_cumprod`` (the noise levels the network was
+    trained at and its sampler steps through), taken to float64 before any arithmetic; only an
+    ``abar`` of exactly 0 takes :data:`MIN_ALPHA_CUMPROD`, every positive one is kept."""
     abar = torch.as_tensor(scheduler.alphas_cumprod).detach().to("cpu", torch.float64)
-    abar = abar.clamp(min=MIN_ALPHA_CUMPROD)
+    abar = torch.where(abar > 0, abar, MIN_ALPHA_CUMPROD)
     log_sigmas = 0.5 * (torch.log1p(-abar) - torch.log(abar))
     if log_sigmas.numel() < 2 or not bool((log_sigmas.diff() > 0).all()):
         raise CheckpointError("the scheduler's alphas_cumprod must be strictly decreasing over "
@@ -382,8 +388,9 @@ def _load_unet(unet_dir: Path) -> tuple[nn.Module, Path]:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # an UnpicklingError for anything beyond plain tensors
-        raise CheckpointError(f"{weights}: not loadable with torch.load(weights_only=True) "
-                              f"({type(err).__name__}: {err}); re-save it as safetensors") from None
+        raise CheckpointError(f"{weights}: refused, only tensors and plain containers are read "
+                              f"from a pickle ({refusal_reason(err)}); re-save it as "
+                              f"safetensors") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{weights}: expected a state_dict")
     try:

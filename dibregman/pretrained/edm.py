@@ -67,6 +67,29 @@ def build(record: dict[str, Any]) -> Preconditioned:
                               f"arguments ({err})") from None
 
 
+# SHA-256 of the source of EDM's training/networks.py, the module its persistent networks embed
+# (torch_utils.persistence stores inspect.getsource of it), at each commit of NVlabs/edm that
+# changed the file. A pickle whose source is another is imported all the same (its source is
+# never run), with a note saying so.
+KNOWN_EDM_SOURCES = {
+    "2294828d5f59f5fd008f7141e6b8af2095918f2ce019f280a933e4779b5c3cef":
+        "NVlabs/edm training/networks.py at 0a2ff34 (2022-10-31)",
+    "5db27dcd96674b95c72d5e6491b879cdc35e24039ada3411b4b46a28ed1fe284":
+        "NVlabs/edm training/networks.py at b2a26c9 (2022-11-21)",
+}
+
+
+def source_note(record: dict[str, Any]) -> str | None:
+    """A one-line note for an imported record whose embedded network source is not a known
+    EDM release's (None when it is one)."""
+    digest = (record.get("source") or {}).get("module_src_sha256")
+    if digest in KNOWN_EDM_SOURCES:
+        return None
+    return (f"note: the network's embedded source (SHA-256 {str(digest)[:16]}...) is not one "
+            f"of the EDM releases' this importer knows; it was not run: only the weights and "
+            f"the architecture record were used")
+
+
 def import_edm(pkl_path: str | Path, out_dir: str | Path, key: str = "ema") -> Path:
     """Import the network ``data[key]`` of the EDM pickle at ``pkl_path`` into ``out_dir``;
     returns ``out_dir``.

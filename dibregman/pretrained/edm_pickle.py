@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dibregman.pretrained.store import CheckpointError
+from dibregman.pretrained.store import CheckpointError, refusal_reason
 
 
 class InertModule:
@@ -169,8 +169,8 @@ def _load_from_bytes(data: Any) -> Any:
         try:
             storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except pickle.UnpicklingError as err:
-            raise CheckpointError(f"a pickled storage was refused by torch's weights-only "
-                                  f"loader: {err}") from None
+            raise CheckpointError(f"a pickled storage was refused (only tensor data is read): "
+                                  f"{refusal_reason(err)}") from None
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise CheckpointError(f"a pickled storage holds a {type(storage).__name__}")
     return storage

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,8 @@ def save_imported(directory: str | Path, network: nn.Module, record: dict[str, A
     tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
     tmp_record = directory / (RECORD_FILE + ".tmp")
     save_file(weights, str(tmp_weights))
-    tmp_record.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    tmp_record.write_text(json.dumps(strict_json(record), indent=2, sort_keys=True,
+                                     allow_nan=False) + "\n")
     os.replace(tmp_weights, directory / WEIGHTS_FILE)
     os.replace(tmp_record, directory / RECORD_FILE)
     return directory
@@ -67,10 +70,44 @@ def read_record(directory: str | Path) -> dict[str, Any]:
     return read_json_object(path)
 
 
+def refusal_reason(err: Exception) -> str:
+    """Why torch's weights-only loader refused a pickle, in one line and without its advice to
+    load with ``weights_only=False`` (which would run whatever the pickle names: this suite
+    never does): the unpickler's own reason when it gives one, else the error's first line."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    reason = found.group(1) if found else (text.strip().splitlines() or [""])[0]
+    if "weights_only" in reason:
+        reason = "it holds more than tensors and plain containers"
+    return f"{type(err).__name__}: {reason.strip()}"
+
+
+# A float JSON cannot hold (EDMPrecond's sigma_max = inf) is written as {"$float": "inf"}.
+NONFINITE_KEY = "$float"
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float as ``{"$float": "inf" | "-inf" | "nan"}``, so that
+    the file is strict JSON (bare ``Infinity`` is not, and strict parsers refuse it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {NONFINITE_KEY: str(value)}
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
+
+
+def _decode_float(obj: dict[str, Any]) -> Any:
+    return float(obj[NONFINITE_KEY]) if set(obj) == {NONFINITE_KEY} else obj
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in the file ``path``; CheckpointError if it is not one."""
+    """The JSON object in the file ``path`` (``{"$float": ...}`` back to floats; a file
+    written before them, with bare ``Infinity``, reads too); CheckpointError if it is not
+    one."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_hook=_decode_float)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(data, dict):
