@@ -494,12 +494,13 @@ def ui(
     import os
     import sys
 
-    from bench.tracking import open_store, resolve_tracking_uri, tag_sweep_experiments
+    from bench.tracking import open_store, resolve_tracking_uri, runs_url, tag_sweep_experiments
 
     uri = resolve_tracking_uri(tracking_uri)
-    if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists():
-        tag_sweep_experiments(open_store(uri))  # the UI opens every sweep on its runs table
-    console.print(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    client = open_store(uri)
+    tag_sweep_experiments(client)  # every sweep is a model-training experiment
+    console.print(f"MLflow UI for {uri}; the newest sweep's runs: {runs_url(client, port)} "
+                  f"(Ctrl-C stops it)", highlight=False, soft_wrap=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(port)]
     sys.stdout.flush()

@@ -138,6 +138,21 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return experiment.experiment_id
 
 
+def runs_url(client: MlflowClient, port: int) -> str:
+    """The MLflow UI's address of the newest sweep's runs table (MLflow 3's UI opens in its
+    GenAI view unless the address asks for the model-training one), or its front page when the
+    store holds no sweep."""
+    base = f"http://127.0.0.1:{port}/"
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    newest = client.search_runs(experiments, f"tags.`{PARENT_TAG}` = 'true'",
+                                order_by=["attributes.start_time DESC"],
+                                max_results=1) if experiments else []
+    if not newest:
+        return f"{base}#/experiments?workflowType=machine_learning"
+    return (f"{base}#/experiments/{newest[0].info.experiment_id}"
+            f"?workflowType=machine_learning")
+
+
 def tag_sweep_experiments(client: MlflowClient) -> int:
     """Tag every experiment that holds a sweep as model training (stores written before the
     tag existed); returns how many needed it."""
