@@ -356,16 +356,59 @@ def check_resources(spec: SweepSpec) -> None:
                             f"has them)")
 
 
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private, quiet, loopback runtime."""
+# Ray 2.60 rewrites a loopback node address to the host's network address (and its servers
+# then listen on every interface) unless this setting is 0; with it, every listener of a
+# private runtime (GCS, raylet, driver, workers, the runtime-env agent) binds 127.0.0.1. Ray
+# reads it into ray._private.ray_constants.ENABLE_RAY_CLUSTER when it is imported, so a private
+# runtime sets both: the variable for the processes it starts, the constant for this one.
+LOOPBACK_SETTING = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_ray(address: str | None, num_cpus: int | None,
+              console: Console | None = None) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private, quiet runtime that only
+    this machine can reach: every listener on 127.0.0.1. Should a Ray version listen elsewhere
+    anyway, one line on ``console`` names the exposed ports."""
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR,
              "configure_logging": True}
     if address:
         ray.init(address=address, **quiet)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", **quiet)
+        return
+    from ray._private import ray_constants
+
+    os.environ[LOOPBACK_SETTING] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             _node_ip_address="127.0.0.1", **quiet)
+    exposed = exposed_listeners()
+    if exposed and console is not None:
+        console.print(f"warning: the private Ray runtime listens beyond loopback: "
+                      f"{', '.join(exposed)}; firewall these ports", highlight=False)
+
+
+def exposed_listeners() -> list[str]:
+    """``name address:port`` of every listening socket of this process and its descendants
+    (the private Ray runtime) that is not on a loopback address."""
+    import ipaddress
+
+    import psutil
+
+    me = psutil.Process()
+    pids = {me.pid, *(child.pid for child in me.children(recursive=True))}
+    found = []
+    for connection in psutil.net_connections(kind="inet"):
+        if connection.status != psutil.CONN_LISTEN or connection.pid not in pids:
+            continue
+        address = ipaddress.ip_address(connection.laddr.ip)
+        mapped = getattr(address, "ipv4_mapped", None)
+        if not (mapped or address).is_loopback:
+            try:
+                name = psutil.Process(connection.pid).name()
+            except psutil.Error:
+                name = str(connection.pid)
+            found.append(f"{name} {connection.laddr.ip}:{connection.laddr.port}")
+    return sorted(found)
 
 
 def run_sweep(
@@ -398,7 +441,7 @@ def run_sweep(
     """
     console = console or Console()
     started = time.perf_counter()
-    start_ray(address, num_cpus)
+    start_ray(address, num_cpus, console)
     try:  # until Tune runs: an error here must not leave Ray running
         check_resources(spec)
         storage = Path(storage).resolve()

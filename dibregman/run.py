@@ -50,6 +50,7 @@ from dibregman import distributed
 from dibregman.config import Config, to_dict, with_overrides
 from dibregman.device import resolve_device
 from dibregman.distill import Distiller
+from dibregman.equivalence import arm_label
 from dibregman.evaluate import declared_metrics
 from dibregman.evaluators import Evaluator
 from dibregman.ratio_check import LiveRatioCheck
@@ -443,7 +444,8 @@ class _SeedBatch:
                 metrics = (self.evaluator.final(samples, distiller.sample_labels(len(samples)))
                            if status is Status.FINISHED else {})
                 steps = distiller.member_steps[k]
-                title = f"{cfg.generator.name} seed {self.seeds[k]} · step {steps}"
+                arm = arm_label(cfg.generator.name, cfg.generator.alpha)
+                title = f"{arm} · seed {self.seeds[k]} · step {steps}"
                 self.evaluator.plot(samples, self.run_dirs[k] / SAMPLES_FILE, title)
                 result = RunResult(status, metrics, steps, wall_time(k), self.run_dirs[k])
                 write_json(self.run_dirs[k] / FINAL_FILE, result.record())

@@ -512,3 +512,23 @@ def test_a_trial_asking_for_a_missing_gpu_exits_2_instead_of_waiting(tmp_path, m
     assert "resources.gpu: a trial asks for 1 GPUs but the Ray runtime has 0" in " ".join(
         result.output.split())
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+
+
+def test_a_private_runtime_listens_on_loopback_only():
+    """Every listening socket of the private runtime bench sweep starts (GCS, raylet, driver,
+    workers, the runtime-env agent) is on a loopback address: no other host can submit work."""
+    import psutil
+    import ray
+
+    from bench.sweep import exposed_listeners, start_ray
+
+    start_ray(None, 1)
+    try:
+        me = psutil.Process()
+        pids = {me.pid, *(child.pid for child in me.children(recursive=True))}
+        listening = [c for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.pid in pids]
+        assert len(listening) >= 3  # the runtime's servers were found
+        assert exposed_listeners() == []
+    finally:
+        ray.shutdown()

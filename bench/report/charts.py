@@ -165,7 +165,9 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
                     path = client.download_artifacts(row.run_id, "samples.png", downloads)
                 except Exception:  # noqa: BLE001 - a run without its picture is skipped
                     continue
-                pictures.append((f"{label} (seed {row.seed}, {row.status})", plt.imread(path)))
+                # the picture names its arm, seed and step; the panel only the arm and status
+                pictures.append((label if row.status == Status.FINISHED
+                                 else f"{label} ({row.status})", plt.imread(path)))
                 break
     columns = min(5, max(1, len(pictures)))
     rows = max(1, math.ceil(len(pictures) / columns))
