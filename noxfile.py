@@ -17,7 +17,8 @@ PYTHON = sys.executable
 
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
-    """The fast suite (slow-marked tests excluded; under 5 minutes on 2 cores)."""
+    """The fast suite (slow-marked tests excluded: end-to-end sweeps and runs on several
+    processes; under 5 minutes on 2 cores)."""
     session.run(PYTHON, "-m", "pytest", "-q", "--durations=10", *session.posargs)
 
 

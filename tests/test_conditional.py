@@ -97,6 +97,7 @@ def test_every_network_of_a_step_sees_the_students_balanced_labels(teacher, monk
         assert torch.equal(seen[name], labels), name
 
 
+@pytest.mark.slow
 def test_a_class_conditional_tiny_run_lowers_the_fd_of_every_class(teacher):
     """12 student steps on a conditional teacher lower the mean per-class domain FD by a
     quarter or more (82 -> 38 ... 47 over seeds 0-2 when written); the same samples scored

@@ -181,6 +181,7 @@ def files_of(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_bench_run_on_two_processes_writes_one_run_like_a_single_process(tmp_path):
     """`bench run --nproc-per-node 2` relaunches under torchrun, exits 0 and leaves the files a
     single-process run leaves (rank 0 alone wrote them), with the same records and metrics."""

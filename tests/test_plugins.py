@@ -91,6 +91,7 @@ def test_bench_run_distils_the_plugin_teacher_with_the_vector_evaluator(plugin_e
     assert not any(k.startswith(("nll_", "modes_covered_")) for k in no_density)
 
 
+@pytest.mark.slow
 def test_bench_sweep_ray_workers_load_the_plugin_teacher(plugin_env, tmp_path):
     spec = tmp_path / "plugin.yaml"
     spec.write_text(yaml.safe_dump({

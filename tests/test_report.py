@@ -187,6 +187,7 @@ def test_unknown_sweep_lists_the_sweeps_and_exits_2(grid_sweep, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_without_a_finished_run_gets_a_complete_report_saying_so(tmp_path):
     """Every run diverged (lr 1e12): the report is written whole, its tables count the
     diverged runs, it says that nothing can be compared, and it draws no chart."""
@@ -220,6 +221,7 @@ def test_missing_store_exits_2(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_image_sweep_report_has_image_columns_and_sample_grids(tmp_path):
     """A digits-tiny sweep: the table speaks of classifier FD and class coverage, and the
     samples chart is made of the runs' sample grids."""

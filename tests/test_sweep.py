@@ -77,6 +77,7 @@ def test_grid_sweep_tracks_one_parent_and_a_child_per_trial(grid_sweep):
     assert "fd_n512" not in diverged.data.metrics
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_its_samples_with_asha(tmp_path):
     """Optuna samples the space; ASHA (rungs at 1, 2, 4, 8 reports, halving) stops the trials
     that trail at a rung: they end ``stopped`` with fewer logged steps than the finished ones.
@@ -467,6 +468,7 @@ def test_last_values_skip_a_line_a_kill_cut_short(tmp_path):
     assert last_values(path, {"fd_n256"}) == {"fd_n256": 0.25}
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_store_at_once_take_turns(tmp_path):
     """Four processes open the same new sqlite store at the same moment: without the lock in
     open_store, MLflow's migrations collide (duplicate column name); with it, all succeed."""
