@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests`, `nox -s slow`, `nox -s lint`, `nox -s docs`, `nox -s bench_engine`.
+"""Sessions: `nox -s tests`, `nox -s slow`, `nox -s lint`, `nox -s docs`, `nox -s reports`,
+`nox -s bench_engine`.
 
 Every session runs in the environment nox itself was started from (`python=False`, and
 `sys.executable` rather than whatever `python` is first on PATH): the project's `.venv`,
@@ -51,3 +52,23 @@ def docs(session: nox.Session) -> None:
     with open("docs/reference.md", "w") as page:
         session.run(PYTHON, "-m", "bench.reference", stdout=page)
     session.run(str(Path(PYTHON).parent / "mkdocs"), "build", "--strict")
+
+
+# The committed reports: the default sweep and the scenario ladder (docs/tasks.md).
+EXAMPLE_SWEEPS = ["divergences", "scenario-small-student", "scenario-weak-ratio",
+                  "scenario-imbalanced", "scenario-oracle"]
+
+
+@nox.session(python=False)
+def reports(session: nox.Session) -> None:
+    """Regenerate the committed reports (`nox -s reports -- NAME...` for some of them): each
+    sweep of sweeps/NAME.yaml into its own store under runs/example/, its report into
+    reports/NAME/. Run it on a clean checkout of the final code (commit first): a report
+    records the code's git revision, `+dirty` when the tree had changes. About 50 minutes on
+    2 cores for all five."""
+    bench = str(Path(PYTHON).parent / "bench")
+    for name in session.posargs or EXAMPLE_SWEEPS:
+        store = f"sqlite:///runs/example/{name}.db"
+        session.run(bench, "sweep", f"sweeps/{name}.yaml", "--tracking-uri", store,
+                    "--storage", "runs/example/ray")
+        session.run(bench, "report", name, "--tracking-uri", store, "--out", f"reports/{name}")

@@ -96,12 +96,13 @@ def main() -> None:
                         "--out", f"{workdir}/report"], cwd=workdir, check=True)
         report_wall = time.perf_counter() - started_report
     print("\n| spec | runs | trials | statuses | sweep wall s | report wall s | sweep + report s "
-          "| sum of run times s | CPUs | parallel efficiency | peak tree RSS MiB "
-          "| peak tree PSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| s per seed-arm (run time) | s per seed-arm (wall x CPUs) | CPUs "
+          "| parallel efficiency | peak tree RSS MiB | peak tree PSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses), key=str))
     print(f"| {args.spec} | {len(runs)} | {len(trials)} | {counts} | {wall:.0f} "
-          f"| {report_wall:.0f} | {wall + report_wall:.0f} | {run_time:.0f} | {args.cpus} "
+          f"| {report_wall:.0f} | {wall + report_wall:.0f} | {run_time / len(runs):.2f} "
+          f"| {wall * args.cpus / len(runs):.2f} | {args.cpus} "
           f"| {run_time / (args.cpus * wall):.1%} | {peak_rss:.0f} | {peak_pss:.0f} |")
 
 
