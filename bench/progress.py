@@ -65,6 +65,7 @@ class LiveView(Callback):
         self.started_at = time.monotonic()
         self.printed_at = 0.0
         self.live: Live | None = None
+        self.note = ""  # what the sweep is doing before its first trial reports
         LiveView.active = self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -73,10 +74,16 @@ class LiveView(Callback):
         return {k: v for k, v in self.__dict__.items() if k not in ("console", "live")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Restored with the experiment on --resume: take over the display of the view the
+        # driver started for this session (its console, clock and live panel).
         self.__dict__.update(state)
-        self.console, self.live = Console(), None
-        self.restored, self.steps = False, {}
-        self.started_at, self.printed_at = time.monotonic(), 0.0
+        previous = LiveView.active
+        self.console = previous.console if previous is not None else Console()
+        self.live, self.note = (previous.live, "") if previous is not None else (None, "")
+        self.started_at = previous.started_at if previous is not None else time.monotonic()
+        if previous is not None:
+            previous.live = None
+        self.restored, self.steps, self.printed_at = False, {}, 0.0
         LiveView.active = self
 
     # -- what is known ----------------------------------------------------------------------
@@ -128,9 +135,10 @@ class LiveView(Callback):
     def _status_line(self) -> str:
         elapsed = time.monotonic() - self.started_at
         counts = "  ".join(f"{k} {v}" for k, v in self.counts().items() if v)
+        note = f" · {self.note}" if self.note and not self.steps and not self.ended else ""
         return (f"{self.spec.name}: {len(self.ended)}/{self.total} runs ended"
                 f"{' (' + counts + ')' if counts else ''} · {len(self.steps)} trials running · "
-                f"{elapsed / 60:.1f} min · {self._eta()}")
+                f"{elapsed / 60:.1f} min · {self._eta()}{note}")
 
     def renderable(self) -> Group:
         """The live panel: status, running trials' steps, arms by their seed-mean headline."""

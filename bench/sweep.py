@@ -441,7 +441,18 @@ def run_sweep(
     """
     console = console or Console()
     started = time.perf_counter()
-    start_ray(address, num_cpus, console)
+    total = spec.search.num_samples if spec.search else len(spec.trials())  # runs
+    trials = spec.search.num_samples if spec.search else len(spec.grid) * len(spec.seed_batches())
+    declared = {m.key: m for m in declared_metrics(spec.base_config())}
+    shown = declared.get(spec.headline or "", None) or headline(list(declared.values()))
+    view = LiveView(spec, total, console, (shown.key, shown.direction.mode == "min"))
+    view.note = "starting the Ray runtime and the MLflow store"
+    view.start()  # the clock moves from the first second, before Ray is up
+    try:
+        start_ray(address, num_cpus, console)
+    except BaseException:
+        view.stop()
+        raise
     try:  # until Tune runs: an error here must not leave Ray running
         check_resources(spec)
         storage = Path(storage).resolve()
@@ -458,13 +469,9 @@ def run_sweep(
         client = open_store(uri)  # the driver creates the store before any trial starts
         tracker = SweepTracker.start(client, spec, str(experiment_path), resume=resume)
     except BaseException:
+        view.stop()
         ray.shutdown()
         raise
-    total = spec.search.num_samples if spec.search else len(spec.trials())  # runs
-    trials = spec.search.num_samples if spec.search else len(spec.grid) * len(spec.seed_batches())
-    declared = {m.key: m for m in declared_metrics(spec.base_config())}
-    shown = declared.get(spec.headline or "", None) or headline(list(declared.values()))
-    view = LiveView(spec, total, console, (shown.key, shown.direction.mode == "min"))
 
     base = spec.base_config()
     workers = spec.workers_per_trial
@@ -499,11 +506,13 @@ def run_sweep(
                                run_config=run_config)
         console.print(f"sweep {spec.name}: {total} runs in {trials} trials · Ray experiment "
                       f"{experiment_path} · MLflow {uri}", highlight=False)
-        view.start()
+        view.note = "trials starting"
         try:
             tuner.fit()
         finally:
-            (LiveView.active or view).stop()
+            view.stop()
+            if LiveView.active is not view:  # a restored sweep's view drew the trials
+                LiveView.active.stop()
     except KeyboardInterrupt:
         pass  # a second Ctrl-C: Tune skipped its last snapshot; the sweep is interrupted
     except BaseException:

@@ -21,7 +21,9 @@ def test_plain_lines_show_steps_moving_and_arms_by_their_seed_mean():
     out = io.StringIO()
     view = LiveView(SPEC, total=4, console=Console(file=out, width=300),
                     headline=("fd_n512", True), interval=0.0)
-    view.start()
+    view.note = "starting the Ray runtime"
+    view.start()  # a line (a live panel on a terminal) before Ray is even up
+    assert "0/4 runs ended" in out.getvalue() and "starting the Ray runtime" in out.getvalue()
     a, b = trial("a", "reverse_kl", [0, 1]), trial("b", "pearson", [0, 1])
     view.on_trial_result(0, [a, b], a, {"step": 2, "seed": 0})
     assert "reverse_kl-s0-1 2/6" in out.getvalue()  # steps within a running trial, moving
