@@ -19,7 +19,14 @@ import pandas as pd
 
 from bench.report import stats
 from bench.report.reading import SweepData
-from dibregman.results import Direction, Role, Status
+from dibregman.results import (
+    BUDGET_COSTS,
+    ELAPSED,
+    RATIO_CHECK_METRICS,
+    Direction,
+    Role,
+    Status,
+)
 
 REFERENCE = "reverse_kl"
 ALPHA = 0.05  # family-wise error rate of the comparisons with the reference
@@ -396,16 +403,27 @@ def write_csvs(data: SweepData, summary: pd.DataFrame, comparison: pd.DataFrame,
                out: Path, budgets: pd.DataFrame | None = None) -> None:
     """``summary.csv`` (per label and metric: mean, std, n), ``results.csv`` (one row per
     run and metric that has a value), ``comparison.csv`` (:data:`COMPARISON_COLUMNS`),
-    ``results_long.csv`` (every number of every ended run in long form: trial, seed, arm,
-    budget, metric, value; the final metrics at the last step) and ``budgets.csv`` (the
-    comparisons per budget, :func:`bench.report.verdicts.compare_budgets`) into ``out``."""
+    ``results_long.csv`` (every declared measurement of every ended run, and what it had spent
+    by then, in long form: trial, seed, arm, budget, metric, value; the final metrics at the
+    last step) and ``budgets.csv`` (the comparisons per budget,
+    :func:`bench.report.verdicts.compare_budgets`) into ``out``."""
     summary.to_csv(out / "summary.csv", index=False)
     runs = data.runs.set_index("run_id")
     finals = data.runs.melt(id_vars=["run_id", "generator_steps"],
                             value_vars=[c.key for c in data.columns], var_name="key",
                             value_name="value").dropna(subset=["value"])
     finals = finals.rename(columns={"generator_steps": "step"})
-    long = pd.concat([data.long[["run_id", "step", "key", "value"]], finals])
+    # The declared measurements, and what was spent by the steps they were measured at (not
+    # every diagnostic of every record: those stay in each run's metrics.jsonl and in MLflow).
+    measured = {c.key for c in data.columns if c.role is not Role.COST} | {data.curve.key} | {
+        spec.key for spec in RATIO_CHECK_METRICS}
+    costs = {ELAPSED} | {spec.key for spec in BUDGET_COSTS}
+    values = data.long[data.long.key.isin(measured)]
+    at = set(zip(values.run_id, values.step, strict=True))
+    spent = data.long[data.long.key.isin(costs)]
+    spent = spent[[(r, step) in at for r, step in zip(spent.run_id, spent.step, strict=True)]]
+    long = pd.concat([values[["run_id", "step", "key", "value"]],
+                      spent[["run_id", "step", "key", "value"]], finals])
     long = long.drop_duplicates(["run_id", "step", "key"], keep="last")
     pd.DataFrame({"trial": runs.trial.reindex(long.run_id).to_numpy(),
                   "seed": runs.seed.reindex(long.run_id).to_numpy(),
