@@ -136,7 +136,7 @@ def step_cost(cfg, teacher, device: torch.device, repeats: int) -> None:
     """A Di-Bregman student step (pearson weight) vs a plain DMD step, same config."""
     results = []
     for label, overrides in [("Di-Bregman (pearson)", {"generator.name": "pearson"}),
-                             ("DMD (weight forced to 1)", {"train.force_unit_weight": True})]:
+                             ("DMD (weight 1)", {"method": "dmd"})]:
         distiller = bench_distiller(with_overrides(cfg, overrides), teacher)
         seconds, _ = timed(distiller.student_step, device, repeats)
         results.append((label, seconds))

@@ -18,7 +18,7 @@ is written in its own closed form rather than as ``h_second(r) * r`` so that fp3
 not overflow or lose precision at extreme ratios (e.g. ``h'' = r**-3`` underflows long before
 ``w = r**-2`` does). All functions are elementwise, accept fp32 or fp64 tensors and keep the dtype.
 
-Generators are added to ``_REGISTRY`` (name -> factory); :func:`get_generator` is a plain lookup.
+Generators are entries of ``GENERATORS`` (name -> factory); :func:`get_generator` is a plain lookup.
 The parametric families ``alpha`` (Amari) and ``power`` (Basu) take ``alpha``; the others ignore it.
 Formulas follow the docs/method.md §4 table. A generator's ``h`` is defined up to an affine term
 ``c0 + c1 * r``, which changes neither ``h''``, ``w`` nor ``D_h``.
@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from dibregman.registry import Registry
 
 __all__ = [
     "BregmanGenerator",
@@ -332,7 +334,7 @@ def _fixed(h: BregmanGenerator) -> _Entry:
     return _Entry(factory=lambda _alpha: h, parametric=False)
 
 
-_REGISTRY: dict[str, _Entry] = {
+GENERATORS: Registry[_Entry] = Registry("Bregman generator", {
     "reverse_kl": _fixed(REVERSE_KL),
     "forward_kl": _fixed(FORWARD_KL),
     "jensen_shannon": _fixed(JENSEN_SHANNON),
@@ -345,20 +347,16 @@ _REGISTRY: dict[str, _Entry] = {
     "log_squared": _fixed(LOG_SQUARED),
     "alpha": _Entry(factory=_alpha_generator, parametric=True),
     "power": _Entry(factory=_power_generator, parametric=True),
-}
+})
 
 
 def generator_names() -> list[str]:
     """Return the sorted names of all registered generators."""
-    return sorted(_REGISTRY)
+    return GENERATORS.names()
 
 
 def _entry(name: str) -> _Entry:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        valid = ", ".join(generator_names())
-        raise ValueError(f"unknown Bregman generator {name!r}; valid: {valid}") from None
+    return GENERATORS[name]
 
 
 def get_generator(name: str, alpha: float = 0.5) -> BregmanGenerator:

@@ -196,8 +196,6 @@ class TrainConfig:
             Karras grid of noise levels; indices are drawn uniformly in the quantile range.
             Toy teachers use ``sigma_max`` ~ 10x the data scale instead of EDM's 80.
         max_nonfinite_steps: that many consecutive non-finite steps end the run as ``diverged``.
-        force_unit_weight: skip the ratio weight (``w = 1``): a plain DMD step, for benchmarks and
-            the reverse-KL identity test.
         sigma_init: image students are ``G(z) = D(sigma_init z, sigma_init)`` (DMD2: 80).
     """
 
@@ -222,7 +220,6 @@ class TrainConfig:
     sigma_quantile_low: float = 0.02
     sigma_quantile_high: float = 0.98
     max_nonfinite_steps: int = 10
-    force_unit_weight: bool = False
     sigma_init: float = 80.0
 
 
@@ -274,6 +271,9 @@ class Config:
         teacher: teacher registry name (``mixture``: the Gaussian mixture of ``mixture``;
             ``image``; or a plugin's; see :mod:`dibregman.teachers.registry`).
         seed: repetition seed: networks, latents and noise all derive from it.
+        method: the distillation method (:mod:`dibregman.methods`): ``di_bregman`` (weights
+            ``h''(r) r`` of ``generator``) or ``dmd`` (unit weights; ``generator`` must stay
+            ``reverse_kl``, the generator whose weight is 1).
         seed_stream: which random streams a seed draws (0: the default). Two runs with the
             same seed and different streams share no random number: a sweep's A/A control is
             the reference method on stream 1, paired with the reference by seed but on
@@ -297,6 +297,7 @@ class Config:
     teacher: str = "mixture"
     seed: int = 0
     seed_stream: int = 0
+    method: str = "di_bregman"
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     image_teacher: ImageTeacherConfig = field(default_factory=ImageTeacherConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

@@ -104,3 +104,18 @@ def kde_log_ratio(points: Tensor, sigma: Tensor | float, student: Tensor, bandwi
     sigma64 = torch.as_tensor(sigma, dtype=torch.float64)
     student_log = kde_log_density(points, student, sigma64**2 + bandwidth**2)
     return student_log - teacher_log_prob(points.double(), sigma).double()
+
+
+# Held-out points of the oracle's leave-one-out bandwidth choice (of its KDE's N centres).
+ORACLE_BANDWIDTH_POINTS = 100
+
+
+@torch.no_grad()
+def oracle_log_ratio(points: Tensor, sigma: Tensor, student: Tensor,
+                     teacher_log_prob: Callable[[Tensor, Tensor | float], Tensor]) -> Tensor:
+    """The ``oracle`` estimator's ``log r`` at ``points: (M, d)``, ``sigma: (M,)``: the
+    teacher's exact noised density against a KDE of the live student's samples ``student:
+    (N, d)`` (:func:`kde_log_ratio`, bandwidth by :func:`loo_bandwidth` over
+    ``ORACLE_BANDWIDTH_POINTS`` held-out centres), ``(M,)`` float32."""
+    bandwidth = loo_bandwidth(student, points=ORACLE_BANDWIDTH_POINTS)
+    return kde_log_ratio(points, sigma, student, bandwidth, teacher_log_prob).float()

@@ -1,25 +1,20 @@
-"""The Di-Bregman loop: critic steps and weighted student steps (one run's training state).
+"""The shared trainer: one run's (or a seed batch's) networks, draws, updates and checkpoints.
 
-Student gradient (docs/method.md §3), with ``x = G(z)``, ``x_s = x + sigma n``:
+A :class:`Distiller` step is ``critic_steps_per_generator_step`` critic updates, then one student
+update. What each update minimises is the method's (:mod:`dibregman.methods`, config key
+``method``: Di-Bregman or DMD); the trainer owns everything around it, the same for every
+method:
 
-    grad_theta = E[ w(r(x_s, sigma)) (s_fake(x_s, sigma) - s_teacher(x_s, sigma)) . dx/dtheta ],
-    w(r) = h''(r) r,
-
-computed as in DMD2 by :func:`dibregman.losses.distribution_matching`; the ratio and the weight
-are read at the same ``(x_s, sigma)`` as the score difference. With
-``train.regression_weight > 0`` the student loss adds DMD's regression term on fixed pairs of
-latents and the teacher's ODE images (:func:`dibregman.students.regression_pairs`); with
-``train.gan_weight > 0`` the adversarial term. Both are the same for every ``h``.
-
-The critic step fits the fake score by denoising score matching on detached student samples
-and the ratio network on noised teacher-side samples (positive) against noised student samples
-(negative) at the same levels.
+* the random draws of a step (:meth:`Distiller.critic_batch`, :meth:`Distiller.student_batch`),
+  every member's from its own generators, sharded once per batch;
+* the optimiser steps with per-member gradient clipping and the non-finite guard
+  (:func:`apply_update`), the student's EMA, divergence, evaluation counts;
+* checkpoints (one plain-run state per member) and the samples evaluations read.
 
 With a class-conditional teacher (``teacher.num_classes = C > 0``, :mod:`dibregman.labels`)
 every batch carries class-balanced one-hot labels ``y``: the student draws ``G(z, y)``, the
-teacher side of the ratio estimator holds images of the same classes, and the fake score, the
-teacher's score, the ratio ``r(x_s, sigma, y)`` and the GAN term all see ``y``; the student
-therefore matches each class's distribution, ``q(x | y)`` to ``p(x | y)``.
+teacher side of the ratio estimator holds images of the same classes, and every network sees
+``y``; the student therefore matches each class's distribution, ``q(x | y)`` to ``p(x | y)``.
 
 Nothing here touches files or global RNG: all randomness comes from ``torch.Generator``s
 seeded by ``cfg.seed``, so a run is a deterministic function of its config.
@@ -50,12 +45,10 @@ import torch
 from torch import Tensor
 
 from dibregman import distributed
-from dibregman.bregman import get_generator
 from dibregman.config import Config
-from dibregman.density import kde_log_ratio, loo_bandwidth
+from dibregman.density import oracle_log_ratio
 from dibregman.device import adamw, autocast, prepare_modules, resolve_device
 from dibregman.labels import balanced_labels, evaluation_labels, one_hot
-from dibregman.losses import distribution_matching, dsm_loss, gan_generator_loss, regression_loss
 from dibregman.members import (
     load_member_state_dicts,
     member_grad_norms,
@@ -67,8 +60,9 @@ from dibregman.members import (
     stack_members,
     stack_optimizer_states,
 )
+from dibregman.methods import METHODS, CriticBatch, Networks, StudentBatch
 from dibregman.networks import ema_update
-from dibregman.noise import expand_sigma, karras_sigmas, sample_sigmas
+from dibregman.noise import karras_sigmas, sample_sigmas
 from dibregman.ratio import RatioEstimator
 from dibregman.ratio_check import LogRatioFn
 from dibregman.results import STEP_RECORD_KEY, Status
@@ -169,7 +163,6 @@ class Distiller:
         self.members = len(self.seeds)
         self.num_classes = teacher.num_classes
         distributed.check_shardable(train.batch_size, self.members)
-        self.h = get_generator(cfg.generator.name, cfg.generator.alpha)
         self.device = distributed.local_device(resolve_device(cfg.device))
         streams = [stream_seed(seed, cfg.seed_stream) for seed in self.seeds]
         init_rngs = [torch.Generator().manual_seed(2 * seed) for seed in streams]
@@ -193,6 +186,9 @@ class Distiller:
         prepare_modules([self.student, self.fake, self.ratio.network, teacher.network],
                         self.device, cfg.compile)
         self.autocast = autocast(self.device, cfg.precision)
+        self.oracle_samples = 0 if self.ratio.fitted else cfg.ratio.oracle_samples
+        self.method = METHODS[cfg.method](cfg, Networks(
+            self.student, self.fake, self.ratio, teacher, self.autocast, self.members, self.pairs))
         opt = {"betas": train.betas, "weight_decay": train.weight_decay, "device": self.device}
         self.opt_student = adamw(self.student, train.lr, **opt)
         self.opt_fake = adamw(self.fake, train.lr * train.fake_lr_scale, **opt)
@@ -206,44 +202,57 @@ class Distiller:
         self.nonfinite_total = [0] * self.members
         self.status = [Status.RUNNING] * self.members
 
-    # -- per-member random draws, concatenated member-major -------------------------------------
+    # -- a step's random draws: every member's from its own generator, then this rank's rows --
     # Data-parallel (one member): ``n`` is the global batch; every rank draws all of it, so the
-    # generators advance as in one process, and keeps its shard (distributed.shard).
+    # generators advance as in one process, and keeps its shard (``_shard``, once per batch).
 
-    def _labels(self, n: int) -> list[Tensor | None]:
-        """Each member's class-balanced one-hot labels ``(n, C)`` for a global batch of ``n``
-        (all None for an unconditional teacher: nothing is drawn)."""
+    def _labels(self, n: int, rng: torch.Generator) -> Tensor | None:
+        """Class-balanced one-hot labels ``(n, C)``; None (nothing drawn) unconditionally."""
         c = self.num_classes
-        return [one_hot(balanced_labels(n, c, rng), c) if c else None for rng in self.rngs]
+        return one_hot(balanced_labels(n, c, rng), c) if c else None
 
-    def _rows(self, labels: list[Tensor | None]) -> Tensor | None:
-        """The members' labels as this rank's rows of the member-major batch."""
-        return None if labels[0] is None else distributed.shard(torch.cat(labels))
+    def _normal(self, n: int, rng: torch.Generator) -> Tensor:
+        return torch.randn(n, *self.teacher.shape, generator=rng, device=self.device)
 
-    def _latents(self, n: int) -> Tensor:
-        return distributed.shard(torch.cat([
-            torch.randn(n, *self.teacher.shape, generator=rng, device=rng.device)
-            for rng in self.rngs]))
-
-    def _noised(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """``x + sigma n`` with each member's ``n`` from its own generator."""
-        shape = (x.shape[0] // self.members * distributed.world_size(), *x.shape[1:])
-        noise = distributed.shard(torch.cat([torch.randn(shape, generator=rng, device=self.device)
-                                             for rng in self.rngs]))
-        return x + expand_sigma(sigma, x) * noise
-
-    def _sigmas(self, n: int) -> Tensor:
+    def _sigmas(self, n: int, rng: torch.Generator) -> Tensor:
         t = self.cfg.train
-        return distributed.shard(torch.cat([sample_sigmas(n, self.sigma_grid,
-                                                          t.sigma_quantile_low,
-                                                          t.sigma_quantile_high, rng)
-                                            for rng in self.rngs]))
+        return sample_sigmas(n, self.sigma_grid, t.sigma_quantile_low, t.sigma_quantile_high, rng)
 
-    def _teacher_side(self, n: int, labels: list[Tensor | None]) -> Tensor:
-        draw = (self.teacher.sample if self.cfg.ratio.teacher_side == "teacher"
+    def _shard(self, draws: list[dict[str, Tensor | None]]) -> dict[str, Tensor | None]:
+        """The members' draws ``K x {name: (n, ...)}`` as this rank's member-major rows."""
+        return {name: None if draws[0][name] is None
+                else distributed.shard(torch.cat([d[name] for d in draws]))
+                for name in draws[0]}
+
+    def critic_batch(self) -> CriticBatch:
+        """Each member draws, in this order: labels, latents, teacher-side samples, noise
+        levels, the student side's noise and the teacher side's."""
+        n = self.cfg.train.batch_size
+        side = (self.teacher.sample if self.cfg.ratio.teacher_side == "teacher"
                 else self.teacher.sample_data)
-        return distributed.shard(torch.cat([draw(n, rng, y)
-                                            for rng, y in zip(self.rngs, labels, strict=True)]))
+        draws = []
+        for rng in self.rngs:
+            labels = self._labels(n, rng)
+            draws.append({"labels": labels, "latents": self._normal(n, rng),
+                          "teacher_side": side(n, rng, labels), "sigma": self._sigmas(n, rng),
+                          "noise": self._normal(n, rng), "teacher_noise": self._normal(n, rng)})
+        return CriticBatch(**self._shard(draws))
+
+    def student_batch(self) -> StudentBatch:
+        """Each member draws, in this order: labels, latents, noise levels, noise, the
+        oracle's student latents (all ``N`` on every rank) and the regression pairs' rows."""
+        n, oracle = self.cfg.train.batch_size, self.oracle_samples
+        pairs = 0 if self.pairs is None else len(self.pairs[0]) // self.members  # per member
+        draws, oracle_latents = [], []
+        for k, rng in enumerate(self.rngs):
+            draws.append({"labels": self._labels(n, rng), "latents": self._normal(n, rng),
+                          "sigma": self._sigmas(n, rng), "noise": self._normal(n, rng)})
+            if oracle:
+                oracle_latents.append(self._normal(oracle, rng))
+            draws[-1]["pair_index"] = None if not pairs else (
+                torch.randint(pairs, (n,), generator=rng, device=self.device) + k * pairs)
+        return StudentBatch(**self._shard(draws),
+                            oracle_latents=torch.cat(oracle_latents) if oracle else None)
 
     def _frozen(self) -> Tensor:
         return torch.tensor([s is Status.DIVERGED for s in self.status])
@@ -274,63 +283,19 @@ class Distiller:
                 for i in range(0, n, batch_size)])
 
     def critic_step(self) -> list[dict[str, float]]:
-        """One update of the fake score (DSM) and the ratio network on detached student samples;
+        """One update of the fake score and the ratio network (the method's critic losses);
         diagnostics per member."""
-        batch, k = self.cfg.train.batch_size, self.members
-        member_labels = self._labels(batch)
-        labels = self._rows(member_labels)
-        with torch.no_grad(), self.autocast:
-            x_student = self.student(self._latents(batch), labels).float()
-        x_teacher = self._teacher_side(batch, member_labels)
-        sigma = self._sigmas(batch)
-        noised = self._noised(x_student, sigma)
-        with self.autocast:
-            denoised = self.fake(noised, sigma, labels).float()
-        fake_loss = member_means(dsm_loss(denoised, x_student, sigma, self.teacher.sigma_data), k)
-        teacher_noised = self._noised(x_teacher, sigma)
+        losses = self.method.critic_losses(self.critic_batch())
+        fake_loss = member_means(losses.fake, self.members)
         frozen = self._frozen()
         stepped = apply_update(fake_loss, self.opt_fake, self.fake, math.inf, frozen)
         values = {"loss_fake_dsm": fake_loss.detach()}
-        if self.ratio.fitted:
-            with self.autocast:
-                ratio_loss, accuracy = self.ratio.loss(teacher_noised, noised, sigma, labels)
-            stepped &= apply_update(ratio_loss, self.opt_ratio, self.ratio, math.inf, frozen)
-            values.update(loss_ratio=ratio_loss.detach(), ratio_accuracy=accuracy)
+        if losses.ratio is not None:
+            stepped &= apply_update(losses.ratio, self.opt_ratio, self.ratio, math.inf, frozen)
+            values.update(loss_ratio=losses.ratio.detach(), ratio_accuracy=losses.accuracy)
         self._count_nonfinite(stepped)
         columns = distributed.all_reduce_mean(torch.stack(list(values.values()))).T.tolist()
         return [dict(zip(values, row, strict=True)) for row in columns]
-
-    # Held-out points of the oracle's leave-one-out bandwidth choice (of its KDE's N centres).
-    ORACLE_BANDWIDTH_POINTS = 100
-
-    @torch.no_grad()
-    def _oracle_log_ratio(self, x: Tensor, sigma: Tensor, student: Tensor) -> Tensor:
-        """The ``oracle`` estimator's ``log r`` at ``x: (B, d)``, ``sigma: (B,)``: the teacher's
-        exact noised density against a KDE of the live student's samples ``student: (N, d)``
-        (:func:`dibregman.density.kde_log_ratio`, bandwidth by leave-one-out likelihood)."""
-        bandwidth = loo_bandwidth(student, points=self.ORACLE_BANDWIDTH_POINTS)
-        return kde_log_ratio(x, sigma, student, bandwidth, self.teacher.log_prob).float()
-
-    @torch.no_grad()
-    def _oracle_samples(self, rngs: list[torch.Generator]) -> list[Tensor]:
-        """``ratio.oracle_samples`` fresh samples of each member's live student, member ``k``'s
-        latents from ``rngs[k]`` (one batched forward pass for all)."""
-        n = self.cfg.ratio.oracle_samples
-        latents = torch.cat([torch.randn(n, *self.teacher.shape, generator=rng,
-                                         device=self.device) for rng in rngs])
-        with self.autocast:
-            return list(self.student(latents).float().split(n))
-
-    def _log_ratio(self, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
-        """``log r`` at the member-major rows ``x: (K B, *shape)``: the ratio network's, or,
-        for the oracle, each member's from its own random stream (every rank of a
-        data-parallel run draws the same KDE sample: its rows differ, the truth does not)."""
-        if self.ratio.fitted:
-            return self.ratio.log_ratio(x, sigma, labels)
-        rows = len(x) // self.members
-        return torch.cat([self._oracle_log_ratio(x[k * rows:(k + 1) * rows],
-                                                 sigma[k * rows:(k + 1) * rows], student)
-                          for k, student in enumerate(self._oracle_samples(self.rngs))])
 
     def member_log_ratio(self, member: int, seed: int) -> LogRatioFn:
         """Member ``member``'s ratio estimate as a function of ``(x: (M, *shape), sigma:
@@ -349,63 +314,30 @@ class Distiller:
             return estimate
         rng = torch.Generator(device=self.device).manual_seed(seed)
         student = member_module(self.student, member)
-        n = self.cfg.ratio.oracle_samples
         with torch.no_grad(), self.autocast:
-            samples = student(torch.randn(n, *self.teacher.shape, generator=rng,
-                                          device=self.device)).float()
-        return lambda x, sigma: self._oracle_log_ratio(x.to(self.device), sigma.to(self.device),
-                                                       samples).cpu()
+            samples = student(self._normal(self.oracle_samples, rng)).float()
+        return lambda x, sigma: oracle_log_ratio(x.to(self.device), sigma.to(self.device),
+                                                 samples, self.teacher.log_prob).cpu()
 
     def student_step(self) -> list[dict[str, float]]:
-        """One weighted distribution-matching update of the student (docs/method.md §3);
-        diagnostics per member."""
-        train, k = self.cfg.train, self.members
-        labels = self._rows(self._labels(train.batch_size))
-        with self.autocast:
-            x = self.student(self._latents(train.batch_size), labels).float()
-        sigma = self._sigmas(train.batch_size)
-        x_noised = self._noised(x, sigma)
-        diagnostics: list[dict[str, float]] = [{} for _ in range(k)]
-        weight = None
-        with torch.no_grad(), self.autocast:
-            x_s = x_noised.detach()
-            denoised_teacher = self.teacher.denoise(x_s, sigma, labels).float()
-            denoised_fake = self.fake(x_s, sigma, labels).float()
-            if not train.force_unit_weight:
-                weight, diagnostics = self.ratio.weights(
-                    self.h, self._log_ratio(x_s, sigma, labels), sigma)
-        per_sample, step = distribution_matching(x, denoised_teacher, denoised_fake, weight)
-        loss_dm = member_means(per_sample, k)
-        loss, extra = loss_dm, {}
-        if train.gan_weight > 0:
-            with self.autocast:
-                log_r = self.ratio.log_ratio(x_noised, sigma, labels)
-                loss_gan = member_means(gan_generator_loss(log_r), k)
-            loss = loss + train.gan_weight * loss_gan
-            extra["loss_gan"] = loss_gan
-        if self.pairs is not None:
-            latents, pair_labels, targets = self.pairs
-            n_pairs = len(latents) // k
-            index = distributed.shard(torch.cat([
-                torch.randint(n_pairs, (train.batch_size,), generator=rng,
-                              device=self.device) + m * n_pairs
-                for m, rng in enumerate(self.rngs)]))
-            with self.autocast:
-                fitted = self.student(latents[index], None if pair_labels is None
-                                      else pair_labels[index]).float()
-            loss_regression = member_means(regression_loss(fitted, targets[index]), k)
-            loss = loss + train.regression_weight * loss_regression
-            extra["loss_regression"] = loss_regression
-        stepped = apply_update(loss, self.opt_student, self.student, train.grad_clip,
+        """One update of the student by the method's losses (docs/method.md §3); diagnostics
+        per member."""
+        k = self.members
+        losses = self.method.student_losses(self.student_batch())
+        means = {name: member_means(values, k) for name, (values, _) in losses.terms.items()}
+        loss = means["loss_dm"]
+        for name, (_, weight) in list(losses.terms.items())[1:]:
+            loss = loss + weight * means[name]
+        stepped = apply_update(loss, self.opt_student, self.student, self.cfg.train.grad_clip,
                                self._frozen())
         self._count_nonfinite(stepped)
         self._update_ema(stepped)
-        grad_norm = member_means(step.flatten(1).norm(dim=1), k)
-        names = [*extra, "loss_dm", "grad_norm"]
+        names = [*means, "grad_norm"]
         columns = distributed.all_reduce_mean(torch.stack([
-            *(v.detach() for v in extra.values()), loss_dm.detach(), grad_norm])).T.tolist()
+            *(v.detach() for v in means.values()),
+            member_means(losses.step_norm, k)])).T.tolist()
         return [{**diag, **dict(zip(names, row, strict=True))}
-                for diag, row in zip(diagnostics, columns, strict=True)]
+                for diag, row in zip(losses.diagnostics, columns, strict=True)]
 
     def _update_ema(self, stepped: Tensor) -> None:
         """EMA of the members that stepped.

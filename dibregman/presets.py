@@ -23,6 +23,7 @@ from dibregman.config import (
     TrainConfig,
     with_overrides,
 )
+from dibregman.registry import Registry
 
 # The -tiny variant of a preset: a few steps of everything, small evaluation sets.
 _TINY_RUN: dict[str, Any] = {
@@ -231,26 +232,21 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
     }), None),
 }
 
-PRESETS: dict[str, Config] = {
+PRESETS: Registry[Config] = Registry("preset", {
     **{name: cfg for name, (cfg, _) in _BASE_PRESETS.items()},
     **{f"{name}-tiny": _tiny(cfg, tiny) for name, (cfg, tiny) in _BASE_PRESETS.items()
        if tiny is not None},
-}
+}, error=ConfigError)
 
 
 def preset_names() -> list[str]:
     """Sorted preset names, ``-tiny`` variants included."""
-    return sorted(PRESETS)
+    return PRESETS.names()
 
 
 def get_preset(name: str) -> Config:
     """Look up a preset; an unknown name raises :class:`ConfigError` listing the valid ones."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown preset {name!r}; valid: {', '.join(preset_names())}"
-        ) from None
+    return PRESETS[name]
 
 
 

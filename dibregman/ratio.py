@@ -35,6 +35,7 @@ from dibregman import distributed
 from dibregman.bregman import BregmanGenerator
 from dibregman.config import RatioConfig
 from dibregman.members import member_means
+from dibregman.registry import Registry
 
 # A fitting loss per pair of samples (teacher side, student side): its batch mean is the loss.
 RatioLoss = Callable[[Tensor, Tensor], Tensor]
@@ -59,33 +60,28 @@ def kliep_loss(log_r_teacher: Tensor, log_r_student: Tensor) -> Tensor:
 
 ORACLE = "oracle"
 # The fitting loss of each estimator; None: not fitted (the oracle).
-ESTIMATORS: dict[str, RatioLoss | None] = {
+ESTIMATORS: Registry[RatioLoss | None] = Registry("ratio estimator", {
     "classifier": classifier_loss,
     "ulsif": ulsif_loss,
     "kliep": kliep_loss,
     ORACLE: None,
-}
+})
 
 
 def estimator_names() -> list[str]:
     """Sorted names of the ratio estimators."""
-    return sorted(ESTIMATORS)
+    return ESTIMATORS.names()
 
 
 def fitted_estimator_names() -> list[str]:
     """Sorted names of the estimators that fit a ratio network (all but the oracle)."""
-    return sorted(name for name, loss in ESTIMATORS.items() if loss is not None)
+    return [name for name, loss in ESTIMATORS.items() if loss is not None]
 
 
 def get_estimator(name: str) -> RatioLoss | None:
     """The loss of a named estimator (None for the oracle); an unknown name raises
     ``ValueError`` listing valid ones."""
-    try:
-        return ESTIMATORS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown ratio estimator {name!r}; valid: {', '.join(estimator_names())}"
-        ) from None
+    return ESTIMATORS[name]
 
 
 class RatioEstimator(nn.Module):

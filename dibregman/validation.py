@@ -19,6 +19,7 @@ import os
 from dibregman.bregman import get_generator
 from dibregman.config import Config, ConfigError, MixtureConfig, flatten
 from dibregman.data import dataset_names
+from dibregman.methods import DMD, METHODS
 from dibregman.ratio import ORACLE, estimator_names
 from dibregman.teachers import TeacherKind, teacher_entry, teacher_names
 from dibregman.teachers.mixture import MIXTURE_LAYOUTS
@@ -59,6 +60,17 @@ def validate(cfg: Config) -> None:
         get_generator(cfg.generator.name, cfg.generator.alpha)
     except ValueError as err:
         raise ConfigError(f"generator.name / generator.alpha: {err}") from None
+    try:
+        METHODS[cfg.method]
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.method == DMD.name and cfg.generator.name != "reverse_kl":
+        raise ConfigError(f"generator.name={cfg.generator.name!r} does not apply to method "
+                          f"'dmd' (its weight is 1, reverse KL's); valid: method=di_bregman "
+                          f"with any generator, or method=dmd with generator.name=reverse_kl")
+    if cfg.method == DMD.name and cfg.ratio.estimator == ORACLE:
+        raise ConfigError("ratio.estimator='oracle' does not apply to method 'dmd' (it reads "
+                          "no ratio); valid: method=di_bregman, or a fitted ratio.estimator")
     if cfg.ratio.estimator not in estimator_names():
         raise ConfigError(f"unknown ratio.estimator {cfg.ratio.estimator!r}; "
                           f"valid: {', '.join(estimator_names())}")

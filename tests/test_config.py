@@ -109,7 +109,9 @@ def test_a_key_that_does_not_apply_to_the_teacher_is_an_error_naming_why(preset,
         validate(with_overrides(get_preset(preset), {key: value}))
 
 
-def test_the_schema_is_a_leaf_and_importing_it_loads_no_registry():
+def test_the_schema_is_a_leaf_and_importing_it_loads_no_other_registry():
+    """The schema and the presets load the registry type (a leaf), and no registry of
+    generators, estimators, methods or teachers."""
     import subprocess
     import sys
 
@@ -117,4 +119,4 @@ def test_the_schema_is_a_leaf_and_importing_it_loads_no_registry():
             "print(sorted(m for m in sys.modules if m.startswith('dibregman.')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout
-    assert loaded.strip() == "['dibregman.config', 'dibregman.presets']"
+    assert loaded.strip() == "['dibregman.config', 'dibregman.presets', 'dibregman.registry']"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import dibregman.distill
+import dibregman.methods
 from dibregman.config import with_overrides
 from dibregman.distill import Distiller
 from dibregman.losses import distribution_matching
@@ -28,18 +28,20 @@ def same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> bool:
                                                   b.state_dict().values(), strict=True))
 
 
-def test_reverse_kl_through_weighting_path_equals_unit_weight_bit_for_bit():
+def test_di_bregman_with_reverse_kl_equals_the_dmd_method_bit_for_bit():
+    """Reverse KL's weight is exactly 1 through the whole weight pipeline (clipping, bins,
+    batch-mean division), so Di-Bregman with it trains exactly as DMD's unit weights."""
     weighted = distiller(**{"generator.name": "reverse_kl"})
-    forced = distiller(**{"generator.name": "reverse_kl", "train.force_unit_weight": True})
-    assert same_parameters(weighted.student, forced.student)
-    assert same_parameters(weighted.student_ema, forced.student_ema)
-    assert same_parameters(weighted.fake, forced.fake)
+    dmd = distiller(**{"method": "dmd"})
+    assert same_parameters(weighted.student, dmd.student)
+    assert same_parameters(weighted.student_ema, dmd.student_ema)
+    assert same_parameters(weighted.fake, dmd.fake)
 
 
 def test_other_generators_change_the_update():
     pearson = distiller(**{"generator.name": "pearson"})
-    forced = distiller(**{"generator.name": "pearson", "train.force_unit_weight": True})
-    assert not same_parameters(pearson.student, forced.student)
+    dmd = distiller(**{"method": "dmd"})
+    assert not same_parameters(pearson.student, dmd.student)
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds():
@@ -133,7 +135,7 @@ def test_student_step_moves_samples_along_teacher_minus_fake(monkeypatch, name):
     """
     d = distiller(steps=0, **{"generator.name": name})
     assert d.cfg.train.gan_weight == 0 and d.pairs is None  # the loss is distribution matching
-    original, denoise = dibregman.distill.distribution_matching, d.teacher.denoise
+    original, denoise = dibregman.methods.distribution_matching, d.teacher.denoise
     queried, seen = [], {}
 
     def spy_denoise(x, sigma, labels=None):
@@ -154,7 +156,7 @@ def test_student_step_moves_samples_along_teacher_minus_fake(monkeypatch, name):
         return original(x, denoised_teacher, denoised_fake, weight)
 
     monkeypatch.setattr(d.teacher, "denoise", spy_denoise)
-    monkeypatch.setattr(dibregman.distill, "distribution_matching", wrapped)
+    monkeypatch.setattr(dibregman.methods, "distribution_matching", wrapped)
     handle = d.student.register_forward_hook(spy_student)
     before = d.sample(256, seed=11)
     d.step()
@@ -275,7 +277,7 @@ def test_another_seed_stream_shares_no_randomness_with_the_seed():
     other_seed = distiller(steps=0, seed=1)
     assert not same_parameters(plain.student, stream.student)
     assert not same_parameters(other_seed.student, stream.student)
-    assert not torch.equal(plain._latents(8), stream._latents(8))
+    assert not torch.equal(plain.critic_batch().latents, stream.critic_batch().latents)
     assert same_parameters(stream.student, distiller(steps=0, seed=0, **{"seed_stream": 1}).student)
 
 

@@ -80,7 +80,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         result = {"state": d.state_dict()}
         x, sigma = probe(d)
         x_shard, sigma_shard = distributed.shard(x), distributed.shard(sigma)
-        weights, diagnostics = d.ratio.weights(d.h, d.ratio.log_ratio(x_shard, sigma_shard),
+        weights, diagnostics = d.ratio.weights(d.method.h, d.ratio.log_ratio(x_shard, sigma_shard),
                                                sigma_shard)
         result.update(weights=weights, diagnostics=diagnostics,
                       bins=d.ratio.bin_mean_inv_ratio.clone())
@@ -135,7 +135,8 @@ def test_two_processes_at_half_the_batch_follow_one_process(tmp_path, one_thread
     whole = Distiller(cfg, reference.teacher)
     whole.load_state_dict(ranks[0]["state"])
     x, sigma = probe(whole)
-    weights, diagnostics = whole.ratio.weights(whole.h, whole.ratio.log_ratio(x, sigma), sigma)
+    weights, diagnostics = whole.ratio.weights(whole.method.h, whole.ratio.log_ratio(x, sigma),
+                                               sigma)
     torch.testing.assert_close(torch.cat([r["weights"] for r in ranks]), weights)
     for r in ranks:
         torch.testing.assert_close(r["bins"], whole.ratio.bin_mean_inv_ratio)
@@ -143,7 +144,7 @@ def test_two_processes_at_half_the_batch_follow_one_process(tmp_path, one_thread
     # ... and what rank 0's shard alone would give: the reduction changes both.
     alone = Distiller(cfg, reference.teacher)
     alone.load_state_dict(ranks[0]["state"])
-    local, _ = alone.ratio.weights(alone.h, alone.ratio.log_ratio(x[:32], sigma[:32]),
+    local, _ = alone.ratio.weights(alone.method.h, alone.ratio.log_ratio(x[:32], sigma[:32]),
                                    sigma[:32])
     assert float(local.mean()) == pytest.approx(1.0, abs=1e-5)
     assert (local - ranks[0]["weights"]).abs().max() > 1e-3

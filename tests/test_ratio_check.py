@@ -4,6 +4,7 @@ numbers, the live check of a run, the oracle estimator and the estimator benchma
 import importlib.util
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,12 @@ import torch
 
 from dibregman.bregman import get_generator
 from dibregman.config import ConfigError, with_overrides
-from dibregman.density import kde_log_density, kde_log_ratio, loo_bandwidth
+from dibregman.density import (
+    ORACLE_BANDWIDTH_POINTS,
+    kde_log_density,
+    kde_log_ratio,
+    loo_bandwidth,
+)
 from dibregman.distill import Distiller
 from dibregman.presets import get_preset
 from dibregman.ratio_check import CHECK_FIELDS, LiveRatioCheck, agreement, weight_spread
@@ -139,13 +145,11 @@ def test_oracle_weights_come_from_the_exact_density_over_a_kde_of_the_student():
     assert "loss_ratio" not in critic and "loss_fake_dsm" in critic  # nothing is fitted
     x = d.teacher.sample(64, torch.Generator().manual_seed(4))
     sigma = torch.full((64,), 0.2)
-    rng_state = d.rngs[0].get_state()
-    oracle = d._log_ratio(x, sigma, None)
-    d.rngs[0].set_state(rng_state)  # the same fresh student draw, by hand
-    latents = torch.randn(cfg.ratio.oracle_samples, 2, generator=d.rngs[0])
+    batch = d.student_batch()  # its oracle latents: the fresh student draw of this step
+    oracle = d.method.log_ratio(x, replace(batch, sigma=sigma, labels=None))
     with torch.no_grad():
-        student = d.student(latents)
-    bandwidth = loo_bandwidth(student, points=Distiller.ORACLE_BANDWIDTH_POINTS)
+        student = d.student(batch.oracle_latents)
+    bandwidth = loo_bandwidth(student, points=ORACLE_BANDWIDTH_POINTS)
     expected = kde_log_ratio(x, sigma, student, bandwidth, d.teacher.log_prob)
     torch.testing.assert_close(oracle, expected.float())
     weights = d.student_step()[0]
