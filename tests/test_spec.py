@@ -361,3 +361,18 @@ def test_a_mixture_much_harder_than_its_preset_warns_before_anything_runs(tmp_pa
     assert "modes (25 against 8)" in warning and "std (0.05 against 0.2)" in warning
     assert "train.generator_steps" in warning
     assert load_spec(write(tmp_path, BASE)).warnings == []
+
+
+def test_a_family_that_cannot_reach_significance_warns_with_the_seeds_it_needs(tmp_path):
+    """Three arms against reverse KL at two confirmatory budgets: a family of 6 tests. With 6
+    seeds the smallest sign-flip p is 2/64 and Holm makes it 6 x 2/64 >= 0.05; 8 seeds reach
+    6 x 2/256 < 0.05."""
+    grid = {"generator": ["reverse_kl", "pearson", "neyman", "forward_kl"]}
+    family = {**BASE, "grid": grid, "budgets": [3, 6], "confirmatory": {"budgets": [3, 6]}}
+    few = load_spec(write(tmp_path, {**family, "seeds": list(range(6))}))
+    assert [w for w in few.warnings if "cannot reach significance" in w] == [
+        "the confirmatory family cannot reach significance: with 6 paired seeds the sign-flip "
+        "test's smallest p is 2/2^6 = 0.031, and Holm over the family's 6 tests makes it 0.19 "
+        ">= 0.05; use at least 8 seeds, or declare a smaller family"]
+    enough = load_spec(write(tmp_path, {**family, "seeds": list(range(8))}))
+    assert not [w for w in enough.warnings if "cannot reach significance" in w]

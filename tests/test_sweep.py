@@ -493,7 +493,7 @@ def test_sweeps_started_in_the_same_second_get_their_own_directories(tmp_path, m
         def now(cls, tz=None):
             return cls(2026, 11, 27, 12, 0, 0)
 
-    monkeypatch.setattr(bench.sweep, "datetime", Frozen)
+    monkeypatch.setattr(bench.sweep.resume, "datetime", Frozen)
     made = [bench.sweep.new_experiment_dir(tmp_path, "s") for _ in range(3)]
     assert [p.name for p in made] == ["s-20261127-120000", "s-20261127-120000-2",
                                       "s-20261127-120000-3"]

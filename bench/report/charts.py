@@ -296,7 +296,7 @@ def draw_charts(data: SweepData, summary: pd.DataFrame, labels: list[str], clien
         reached, _ = time_to_target(wide, REFERENCE, data.target, data.headline.direction)
         charts.append(chart_time_to_target(data, budgets, reached, list(wide.columns), labels,
                                            out))
-    if not data.ratio_checks.empty:
+    if not data.ratio_checks.empty and (data.ratio_checks.estimator != "oracle").any():
         charts.append(chart_ratio_check(data, out))
     charts += [chart_curves(data, labels, out), chart_tradeoffs(data, summary, labels, out),
                chart_weights(data, labels, out), chart_samples(data, client, labels, out)]

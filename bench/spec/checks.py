@@ -282,3 +282,27 @@ def parse_resources(value: Any, fail) -> dict[str, float]:
     if resources["cpu"] <= 0:
         raise fail("resources.cpu", "must be > 0")
     return resources
+
+
+FAMILY_ALPHA = 0.05  # the family-wise level of the report's confirmatory verdicts
+
+
+def family_floor_warnings(grid: list[dict[str, Any]], confirmatory: ConfirmatorySpec,
+                          n_seeds: int) -> list[str]:
+    """A warning when no confirmatory verdict can be significant whatever the data.
+
+    With ``n`` paired seeds the exact two-sided sign-flip test's smallest p is ``2 / 2^n``
+    (every difference of one sign); Holm multiplies the family's smallest p by its size ``m``
+    (every arm but the reference, controls included, at each confirmatory budget, plus time to
+    target). When ``m 2 / 2^n >= FAMILY_ALPHA`` the family can only say "no detectable
+    difference"; the warning names the seeds that would let it decide.
+    """
+    arms = sum(1 for point in grid if arm_name(point) != REFERENCE)
+    family = arms * (len(confirmatory.budgets) + confirmatory.time_to_target)
+    if not family or family * 2 / 2**n_seeds < FAMILY_ALPHA:
+        return []
+    needed = next(n for n in itertools.count(n_seeds) if family * 2 / 2**n < FAMILY_ALPHA)
+    return [f"the confirmatory family cannot reach significance: with {n_seeds} paired seeds "
+            f"the sign-flip test's smallest p is 2/2^{n_seeds} = {2 / 2**n_seeds:.2g}, and Holm "
+            f"over the family's {family} tests makes it {family * 2 / 2**n_seeds:.2g} >= "
+            f"{FAMILY_ALPHA}; use at least {needed} seeds, or declare a smaller family"]

@@ -16,6 +16,7 @@ from bench.spec.checks import (
     config_mapping,
     duplicate_warnings,
     expand_grid,
+    family_floor_warnings,
     parse_budgets,
     parse_confirmatory,
     parse_controls,
@@ -247,7 +248,9 @@ def parse_spec(data: Any, path: Path) -> SweepSpec:
         warnings=[*(duplicate_warnings(base, grid[:len(grid) - len(controls)], len(seeds))
                     if search is None else []),
                   *dict.fromkeys(w for point in grid
-                                 for w in tuning_warnings(with_overrides(base, point)))],
+                                 for w in tuning_warnings(with_overrides(base, point))),
+                  *(family_floor_warnings(grid, confirmatory, len(seeds))
+                    if search is None else [])],
         controls=controls, headline=top, seed_batch=seed_batch, workers_per_trial=workers,
         budgets=budgets, confirmatory=confirmatory, target=float(target),
     )
