@@ -272,6 +272,21 @@ class UNet(nn.Module):
         return self.out(h)
 
 
+def edm_preconditioning(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EDM's coefficients (Karras et al. 2022, Table 1) at noise levels ``sigma`` (any shape),
+    each of ``sigma``'s shape::
+
+        c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
+        c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = log(sigma) / 4.
+
+    The one definition: the project's denoisers and ratio networks and the imported EDM
+    networks (:class:`dibregman.pretrained.edm_networks.EDMPrecond`) all read it.
+    """
+    variance = sigma**2 + sigma_data**2
+    return (sigma_data**2 / variance, sigma * sigma_data / variance.sqrt(), 1 / variance.sqrt(),
+            sigma.log() / 4)
+
+
 class Denoiser(nn.Module):
     """An EDM-preconditioned denoiser ``D(x, sigma)`` around ``F`` (teacher, fake score).
 
@@ -288,12 +303,9 @@ class Denoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
         """``x: (B, *shape)``, ``sigma: (B,)``, ``labels: (B, C)`` one-hot or None ->
         ``(B, *shape)`` denoised."""
-        sd = self.sigma_data
-        s = expand_sigma(sigma, x)
-        c_skip = sd**2 / (s**2 + sd**2)
-        c_out = s * sd / torch.sqrt(s**2 + sd**2)
-        c_in = 1 / torch.sqrt(s**2 + sd**2)
-        return c_skip * x + c_out * self.net(c_in * x, sigma.log() / 4, labels)
+        c_skip, c_out, c_in, c_noise = edm_preconditioning(expand_sigma(sigma, x),
+                                                           self.sigma_data)
+        return c_skip * x + c_out * self.net(c_in * x, c_noise.reshape(-1), labels)
 
 
 class ConvEncoder(nn.Module):
@@ -338,8 +350,8 @@ class RatioNetwork(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
         """``x: (B, *shape)``, ``sigma: (B,)``, ``labels: (B, C)`` one-hot or None -> ``(B,)``
         raw log-ratio (before clamping)."""
-        c_in = 1 / torch.sqrt(expand_sigma(sigma, x) ** 2 + self.sigma_data**2)
-        return self.net(c_in * x, sigma.log() / 4, labels).squeeze(1)
+        _, _, c_in, c_noise = edm_preconditioning(expand_sigma(sigma, x), self.sigma_data)
+        return self.net(c_in * x, c_noise.reshape(-1), labels).squeeze(1)
 
 
 class OneStepGenerator(nn.Module):

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dibregman.networks import edm_preconditioning
+
 INIT_MODES = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal")
 
 
@@ -701,9 +703,7 @@ class EDMPrecond(Preconditioned):
         self.sigma_data = sigma_data
 
     def preconditioning(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        sd = self.sigma_data
-        return (sd**2 / (sigma**2 + sd**2), sigma * sd / (sigma**2 + sd**2).sqrt(),
-                1 / (sd**2 + sigma**2).sqrt(), sigma.log() / 4)
+        return edm_preconditioning(sigma, self.sigma_data)
 
 
 PRECONDITIONINGS: dict[str, type[Preconditioned]] = {

@@ -25,6 +25,7 @@ from importlib.metadata import entry_points
 import torch
 
 from dibregman.config import Config
+from dibregman.registry import Registry
 from dibregman.teachers.base import Teacher, TeacherKind
 from dibregman.teachers.image import ImageTeacher
 from dibregman.teachers.mixture import GaussianMixtureTeacher
@@ -57,7 +58,7 @@ class TeacherEntry:
         return self.teacher_class.kind
 
 
-_REGISTRY: dict[str, TeacherEntry] = {}
+TEACHERS: Registry[TeacherEntry] = Registry("teacher")
 _entry_points_loaded = False
 
 
@@ -77,11 +78,11 @@ def register_teacher(name: str, teacher_class: type[Teacher],
     """
     if not (isinstance(teacher_class, type) and issubclass(teacher_class, Teacher)):
         raise ValueError(f"teacher {name!r}: {teacher_class!r} is not a Teacher subclass")
-    if name in _REGISTRY:
+    if name in TEACHERS:
         raise ValueError(f"teacher {name!r} is registered already "
-                         f"({_REGISTRY[name].source})")
-    _REGISTRY[name] = TeacherEntry(name, teacher_class, factory or teacher_class.from_config,
-                                   source)
+                         f"({TEACHERS[name].source})")
+    TEACHERS.add(name, TeacherEntry(name, teacher_class, factory or teacher_class.from_config,
+                                    source))
 
 
 def _load_entry_points() -> None:
@@ -104,17 +105,13 @@ def _load_entry_points() -> None:
 def teacher_names() -> list[str]:
     """Sorted names of every registered teacher, plugins included."""
     _load_entry_points()
-    return sorted(_REGISTRY)
+    return TEACHERS.names()
 
 
 def teacher_entry(name: str) -> TeacherEntry:
     """The entry of ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
     _load_entry_points()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown teacher {name!r}; valid: {', '.join(teacher_names())}") \
-            from None
+    return TEACHERS[name]
 
 
 def teacher_for(cfg: Config, device: str | torch.device = "cpu") -> Teacher:
