@@ -45,6 +45,13 @@ def bench_engine(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def faults(session: nox.Session) -> None:
+    """The fault benchmark: real sweeps through hard kills, concurrent starts and bad
+    filesystems, one table row per fault and round (about 15 minutes on 2 cores)."""
+    session.run(PYTHON, "benchmarks/faults.py", *session.posargs)
+
+
+@nox.session(python=False)
 def docs(session: nox.Session) -> None:
     """The reference page from the code, then the docs site with `mkdocs build --strict`
     (mkdocs-material from the `docs` extra) into site/."""

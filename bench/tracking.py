@@ -101,15 +101,40 @@ def open_store(uri: str) -> MlflowClient:
     (and readers) on a new store take turns: the first migrates, the others find it current.
     """
     if not uri.startswith("sqlite:///"):
-        return _connect(uri)
-    lock = Path(uri[len("sqlite:///"):] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             return _connect(uri)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        except Exception as err:  # noqa: BLE001 - any failure of the store, as one error
+            raise StoreError(f"cannot open the MLflow store {uri}: {_reason(err)}") from None
+    path = Path(uri[len("sqlite:///"):])
+    lock = path.with_name(path.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            new = not path.exists()
+            try:
+                return _connect(uri)
+            except Exception:
+                if new:  # nothing half-written: a store this call began is removed again
+                    path.unlink(missing_ok=True)
+                raise
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except Exception as err:  # noqa: BLE001 - any failure of the store, as one error
+        raise StoreError(f"cannot open the MLflow store {uri}: {_reason(err)}; choose a "
+                         f"writable place with --tracking-uri") from None
+
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be opened or created; the message says why."""
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost cause of ``err``, on one line (e.g. sqlite's "database or disk is full")."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
 
 
 def _connect(uri: str) -> MlflowClient:

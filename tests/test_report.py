@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bench.cli import app
-from bench.report import ReportError, build_report
+from bench.report import ReportError, build_report, recover_report
 from bench.report.reading import SweepData
 from bench.report.stats import bootstrap_ci
 from bench.report.tables import (
@@ -352,3 +352,30 @@ def test_a_sweep_headline_leads_the_columns_and_the_declared_one_stays_a_column(
     chosen, _ = columns_for(params, "off_mode_n512")
     assert declared[0].key == "fd_n512" and chosen[0].key == "off_mode_n512"
     assert sorted(c.key for c in chosen) == sorted(c.key for c in declared)
+
+
+def test_a_swap_cut_between_its_renames_gets_the_previous_report_back(tmp_path):
+    """A report moves in by two renames; killed between them, ``out`` is missing and the
+    previous report waits whole beside it: recovery moves it back. Killed after both, the
+    leftover previous copy goes and the new report stays."""
+    out = tmp_path / "report"
+    previous = tmp_path / ".report.previous"
+    previous.mkdir()
+    (previous / "README.md").write_text("old report")
+    recover_report(out)
+    assert (out / "README.md").read_text() == "old report" and not previous.exists()
+
+    previous.mkdir()
+    (previous / "README.md").write_text("older report")
+    recover_report(out)
+    assert (out / "README.md").read_text() == "old report" and not previous.exists()
+
+
+def test_rebuilding_a_report_replaces_it_whole(report):
+    """A second build over an existing report leaves one report holding the new files only:
+    no file of the old one, no previous copy or staging folder beside it."""
+    out, uri = report
+    (out / "stale.txt").write_text("from an older report")
+    assert build_report("grid", uri, out) == out
+    assert not (out / "stale.txt").exists() and (out / "README.md").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]

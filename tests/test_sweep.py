@@ -534,3 +534,21 @@ def test_a_private_runtime_listens_on_loopback_only():
         assert exposed_listeners() == []
     finally:
         ray.shutdown()
+
+
+def test_a_store_that_cannot_be_created_stops_the_sweep_before_anything_starts(tmp_path):
+    """The store's folder is a file: one line naming the store and why, exit 2, no Ray storage
+    and no store file written (the store opens before the Ray runtime starts)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "nostore", "preset": "gmm2d-tiny",
+                                    "metric": "fd_n256", "seeds": [0],
+                                    "grid": {"generator": ["pearson"]}}))
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--tracking-uri",
+                                      f"sqlite:///{blocker}/mlflow.db", "--storage",
+                                      str(tmp_path / "ray")])
+    assert result.exit_code == 2
+    assert f"cannot open the MLflow store sqlite:///{blocker}/mlflow.db" in result.output
+    assert not (tmp_path / "ray").exists()
+    assert blocker.read_text().startswith("a file")

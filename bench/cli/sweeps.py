@@ -65,7 +65,9 @@ def sweep(
     ] = 0,
 ) -> None:
     """Run a sweep over Bregman generators on Ray Tune, every trial tracked in MLflow."""
-    from bench.sweep import expanded_trials, run_sweep  # ray and mlflow load only for sweeps
+    # ray and mlflow load only for sweeps
+    from bench.sweep import ClusterUnreachable, expanded_trials, run_sweep
+    from bench.tracking import StoreError
 
     try:
         spec = load_spec(spec_path)
@@ -87,7 +89,7 @@ def sweep(
         summary = run_sweep(spec, address=address, resume=resume, max_concurrent=max_concurrent,
                             tracking_uri=tracking_uri, storage=storage, num_cpus=num_cpus,
                             console=console)
-    except (FileNotFoundError, SpecError) as err:
+    except (FileNotFoundError, SpecError, ClusterUnreachable, StoreError) as err:
         raise fail(str(err)) from None
     counts = ", ".join(f"{v} {k}" for k, v in summary.counts.items() if v)
     console.print(f"sweep {spec.name}: {counts or 'no trials ended'} in "
@@ -138,10 +140,19 @@ def ui(
     import os
     import sys
 
-    from bench.tracking import open_store, resolve_tracking_uri, runs_url, tag_sweep_experiments
+    from bench.tracking import (
+        StoreError,
+        open_store,
+        resolve_tracking_uri,
+        runs_url,
+        tag_sweep_experiments,
+    )
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = open_store(uri)
+    try:
+        client = open_store(uri)
+    except StoreError as err:
+        raise fail(str(err)) from None
     tag_sweep_experiments(client)  # every sweep is a model-training experiment
     console.print(f"MLflow UI for {uri}; the newest sweep's runs: {runs_url(client, port)} "
                   f"(Ctrl-C stops it)", highlight=False, soft_wrap=True)

@@ -57,10 +57,10 @@ from bench.report.verdicts import (
     sensitivity_lines,
     verdict_table,
 )
-from bench.tracking import open_store, resolve_tracking_uri
+from bench.tracking import StoreError, open_store, resolve_tracking_uri
 from dibregman.results import Status
 
-__all__ = ["DEFAULT_REPORTS", "FORMATS", "ReportError", "build_report"]
+__all__ = ["DEFAULT_REPORTS", "FORMATS", "ReportError", "build_report", "recover_report"]
 # Where reports go by default: beside the runs, ignored by git.
 DEFAULT_REPORTS = Path("runs") / "reports"
 
@@ -85,22 +85,44 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ReportError(f"no MLflow store at {uri}; run `bench sweep` first or pass "
                           f"--tracking-uri")
-    client = open_store(uri)
+    try:
+        client = open_store(uri)
+    except StoreError as err:
+        raise ReportError(str(err)) from None
     data = load_sweep(client, find_parent(client, sweep), uri)
     out = Path(out) if out else DEFAULT_REPORTS / data.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Written into a temporary folder beside ``out`` and moved into place at the end, so that
-    # a failure never leaves a half-written report.
+    recover_report(out)
+    # Written into a temporary folder beside ``out`` and swapped in at the end, so that a
+    # failure or a kill never leaves a half-written report (see recover_report).
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         _write_report(data, client, staging, formats)
         staging.chmod(0o755)  # mkdtemp makes it private
+        previous = _previous(out)
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(previous)
         staging.rename(out)
+        shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _previous(out: Path) -> Path:
+    """Where the report being replaced waits while the new one moves in."""
+    return out.with_name(f".{out.name}.previous")
+
+
+def recover_report(out: Path) -> None:
+    """Undo a swap a kill interrupted: the new report moves in by two renames (``out`` to
+    ``.NAME.previous``, the staged report to ``out``); a kill between them leaves no ``out``
+    but the previous report whole beside it, which this moves back. Called before every
+    report is written; a reader may call it too."""
+    previous = _previous(out)
+    if previous.exists() and not out.exists():
+        previous.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _write_report(data: SweepData, client: MlflowClient, out: Path,

@@ -24,9 +24,14 @@ be shared by every node).
 
 from bench.sweep.driver import SweepSummary, expanded_trials, run_sweep
 from bench.sweep.resume import latest_experiment, new_experiment_dir
-from bench.sweep.runtime import exposed_listeners, start_ray, trial_footprint
+from bench.sweep.runtime import (
+    ClusterUnreachable,
+    exposed_listeners,
+    start_ray,
+    trial_footprint,
+)
 from bench.sweep.trial import TRIAL_DRIVER_CPU, last_values
 
-__all__ = ["TRIAL_DRIVER_CPU", "SweepSummary", "expanded_trials", "exposed_listeners",
-           "last_values", "latest_experiment", "new_experiment_dir", "run_sweep", "start_ray",
-           "trial_footprint"]
+__all__ = ["TRIAL_DRIVER_CPU", "ClusterUnreachable", "SweepSummary", "expanded_trials",
+           "exposed_listeners", "last_values", "latest_experiment", "new_experiment_dir",
+           "run_sweep", "start_ray", "trial_footprint"]

@@ -118,6 +118,9 @@ def run_sweep(
     Raises:
         FileNotFoundError: ``resume`` with no restorable experiment of this sweep.
         SpecError: a trial asks for more CPUs or GPUs than the Ray runtime has.
+        StoreError: the MLflow store cannot be opened or created (a read-only or full
+            filesystem, a server that does not answer); nothing is started or written then.
+        ClusterUnreachable: ``address`` names no reachable cluster.
     """
     console = console or Console()
     started = time.perf_counter()
@@ -129,6 +132,8 @@ def run_sweep(
     view.note = "starting the Ray runtime and the MLflow store"
     view.start()  # the clock moves from the first second, before Ray is up
     try:
+        uri = resolve_tracking_uri(tracking_uri)
+        client = open_store(uri)  # first: a store that cannot be written stops nothing started
         start_ray(address, num_cpus, console)
     except BaseException:
         view.stop()
@@ -145,8 +150,6 @@ def run_sweep(
         else:
             experiment_path = new_experiment_dir(storage, spec.name)
         prepare_teachers(spec, console)
-        uri = resolve_tracking_uri(tracking_uri)
-        client = open_store(uri)  # the driver creates the store before any trial starts
         tracker = SweepTracker.start(client, spec, str(experiment_path), resume=resume)
     except BaseException:
         view.stop()
@@ -170,7 +173,6 @@ def run_sweep(
         name=experiment_path.name,
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         callbacks=[tracker, view],
         verbose=0,
     )

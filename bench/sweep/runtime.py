@@ -69,18 +69,77 @@ def start_ray(address: str | None, num_cpus: int | None,
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR,
              "configure_logging": True}
     if address:
-        ray.init(address=address, **quiet)
+        host = check_reachable(address)
+        if is_loopback(host):  # a cluster on this machine's loopback: join it there
+            keep_loopback()
+            ray.init(address=address, _node_ip_address="127.0.0.1", **quiet)
+        else:
+            ray.init(address=address, **quiet)
         return
-    from ray._private import ray_constants
-
-    os.environ[LOOPBACK_SETTING] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    keep_loopback()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              _node_ip_address="127.0.0.1", **quiet)
     exposed = exposed_listeners()
     if exposed and console is not None:
         console.print(f"warning: the private Ray runtime listens beyond loopback: "
                       f"{', '.join(exposed)}; firewall these ports", highlight=False)
+
+
+def keep_loopback() -> None:
+    """Ray's cluster mode off (:data:`LOOPBACK_SETTING`): for the processes Ray starts from
+    here, and for this one."""
+    from ray._private import ray_constants
+
+    os.environ[LOOPBACK_SETTING] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    import ipaddress
+    import socket
+
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback
+                   for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str) -> str:
+    """The host of a Ray cluster's ``HOST:PORT`` (its GCS), after one TCP connection to it;
+    ``ray.init`` itself would retry an unreachable address for minutes.
+
+    Raises:
+        ClusterUnreachable: ``address`` is not ``HOST:PORT`` (``auto`` and ``ray://`` are
+            Ray's to resolve and pass through unchecked), or nothing answers there within
+            :data:`CONNECT_TIMEOUT_S` seconds.
+    """
+    import socket
+
+    if address == "auto" or "://" in address:
+        return ""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(f"--address {address!r}: expected HOST:PORT of a Ray "
+                                 f"cluster's head (e.g. 127.0.0.1:6379), 'auto', or ray://...")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S)\
+            .close()
+    except OSError as err:
+        raise ClusterUnreachable(
+            f"no Ray cluster answers at {address} ({err.strerror or err}); start one with "
+            f"`ray start --head --port {port}` (on this machine's loopback, with "
+            f"{LOOPBACK_SETTING}=0 and --node-ip-address 127.0.0.1), or leave out --address "
+            f"for a private runtime") from None
+    return host.strip("[]")
+
+
+class ClusterUnreachable(ConnectionError):
+    """``bench sweep --address`` names no reachable Ray cluster."""
 
 
 def exposed_listeners() -> list[str]:

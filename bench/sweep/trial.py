@@ -1,15 +1,23 @@
 """A trial: the Tune function trainable that trains one arm at a batch of seeds (on one process,
-or on Ray Train's workers), reports every record and stages the checkpoints."""
+or on Ray Train's workers) and reports every record.
+
+A trial resumes from its runs' own checkpoints, never from Tune's: each run directory lies in
+the sweep's storage (shared by every node on a cluster, :func:`bench.tracking.trial_run_dir`)
+and its checkpoint is written to a temporary file and renamed over the last one
+(:func:`dibregman.run.run_seed_batch`), so whatever kills a trial, its next attempt (a Tune
+retry, or ``bench sweep --resume`` after the driver died) finds the last complete checkpoint.
+Tune checkpoints are not used: Tune deletes the older of its kept checkpoints as soon as a newer
+one registers, while its experiment state is saved only every few seconds, so a driver killed
+in between left a state naming a deleted checkpoint, and the resumed trial failed with
+"checkpoint_000000 does not exist on storage anymore".
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune import Checkpoint
 
 from bench.spec import batch_name
 from bench.tracking import (
@@ -22,7 +30,6 @@ from dibregman.distributed import DEFAULT_TIMEOUT
 from dibregman.evaluate import curve_metrics
 from dibregman.run import (
     CHECKPOINT_DIR,
-    CHECKPOINT_FILE,
     METRICS_FILE,
     read_jsonl,
     run_seed_batch,
@@ -47,45 +54,28 @@ def distill_trainable(config: dict[str, Any], base: dict[str, Any], experiment_p
             (:func:`train_on_workers`; one seed).
         worker_resources: each worker's ``{"cpu": ..., "gpu": ...}`` (``workers > 1``).
 
-    Every record goes to ``tune.report`` with its run's ``seed``; a checkpoint step reports, once,
-    a checkpoint holding every member's state (``s<seed>/state.pt``), so a retried or restored
-    trial resumes its members from their checkpoints.
+    Every record goes to ``tune.report`` with its run's ``seed``; a retried or restored trial
+    resumes its members from their run directories' checkpoints (the module's docstring).
     """
     cfg = with_overrides(from_dict(base), config["overrides"])
     seeds = list(config["seeds"])
     curve_keys = {spec.key for spec in curve_metrics(cfg)}
     trial_id = tune.get_context().get_trial_id()
     run_dirs = [trial_run_dir(experiment_path, trial_id, seed) for seed in seeds]
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        # A trial moved to another node: start from the checkpoints Tune kept in storage.
-        with restored.as_directory() as directory:
-            for seed, run_dir in zip(seeds, run_dirs, strict=True):
-                source = Path(directory) / f"s{seed}" / CHECKPOINT_FILE
-                local = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-                if source.exists() and not local.exists():
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(source, local)
     # Every report carries its run's latest curve metrics, so that Tune always finds the
     # sweep's metric: a trial restored from a checkpoint (a killed driver or worker) reports log
     # records before its next evaluation, and those take the values its earlier attempt
     # evaluated.
     latest = [last_values(run_dir / METRICS_FILE, curve_keys) for run_dir in run_dirs]
     reported_final = [False] * len(seeds)
-    checkpointed_step: list[int | None] = [None]
-    stage = trial_dir(experiment_path, trial_id) / "checkpoint"
 
     def report(k: int, record: dict[str, Any], checkpoint_dir: Path | None) -> None:
         latest[k].update({key: v for key, v in record.items() if key in curve_keys})
-        checkpoint = None
-        if checkpoint_dir is not None and record["step"] != checkpointed_step[0]:
-            checkpointed_step[0] = record["step"]
-            checkpoint = Checkpoint.from_directory(stage_checkpoints(stage, seeds, run_dirs))
         # ``latest`` is for Tune alone (a restored trial must report the sweep's metric before
         # its next evaluation); ``measured`` names what this record measured, all that the
         # tracker logs, so MLflow's curves hold real evaluations only.
         tune.report({**latest[k], **record, "seed": seeds[k], MEASURED: ",".join(record),
-                     "checkpointed": checkpoint_dir is not None}, checkpoint=checkpoint)
+                     "checkpointed": checkpoint_dir is not None})
         reported_final[k] = bool(record.get("final"))
 
     if workers > 1:
@@ -184,20 +174,6 @@ def _train_worker(config: dict[str, Any]) -> None:
 def trial_title(config: dict[str, Any]) -> str:
     """A trial's name from its Tune config: its arm and seeds (:func:`bench.spec.batch_name`)."""
     return batch_name(config["overrides"], config["seeds"])
-
-
-def stage_checkpoints(stage: Path, seeds: list[int], run_dirs: list[Path]) -> Path:
-    """A directory ``stage`` holding ``s<seed>/state.pt`` for every run of a batch that has a
-    checkpoint: hard links (no copies) to the runs' own checkpoint files, which are replaced,
-    never rewritten, so a link keeps the state it was made for."""
-    shutil.rmtree(stage, ignore_errors=True)
-    for seed, run_dir in zip(seeds, run_dirs, strict=True):
-        source = run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
-        if source.exists():
-            (stage / f"s{seed}").mkdir(parents=True)
-            os.link(source, stage / f"s{seed}" / CHECKPOINT_FILE)
-    stage.mkdir(parents=True, exist_ok=True)
-    return stage
 
 
 def last_values(metrics_file: Path, keys: set[str]) -> dict[str, Any]:
