@@ -206,7 +206,8 @@ def train_rank_row() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fault-rank-") as tmp:
         work = Path(tmp)
         spec = write_spec(work, name="faults-ranks", seeds=[0],
-                          grid={"generator": ["pearson"]}, workers_per_trial=2)
+                          grid={"generator": ["pearson"]}, workers_per_trial=2,
+                          resources={"cpu": 0.5})
         process = subprocess.Popen(sweep_command(work, spec), cwd=work, env=ENV,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)
@@ -248,7 +249,8 @@ def torchrun_row() -> dict[str, Any]:
             record = json.loads(line)
             if "weight_mean" in record:
                 steps[record["step"]] += 1
-        result = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() \
+        final = out / "final_metrics.json"
+        result = json.loads(final.read_text()) if final.exists() \
             else {}
         finished = int(again.returncode == 0 and result.get("status") == "finished")
         return {"fault": "torchrun rank", "round": 1, "detail": f"rank killed at step {step}",
@@ -341,12 +343,13 @@ def filesystem_rows() -> list[dict[str, Any]]:
                 rows.append({"fault": case, "round": 1, "detail": "skipped: "
                              + done.stderr.strip().splitlines()[-1][:60]})
                 continue
-            error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+            error = [line.split(".db: ", 1)[-1][:70] for line in done.stderr.splitlines()
+                     if line.startswith("error:")]
             written = sorted(p.name for p in (work / "ray").glob("*")) if (work / "ray").exists() \
                 else []
             rows.append({"fault": case, "round": 1,
                          "detail": f"exit {done.returncode}: "
-                                   f"{error[0][:90] if error else done.stderr[-90:]!r}; "
+                                   f"{error[0] if error else done.stderr[-90:]!r}; "
                                    f"Ray storage written: {written or 'nothing'}"})
     return rows
 

@@ -159,3 +159,24 @@ def test_a_misshapen_spec_through_the_cli_exits_2_with_one_line(tmp_path, text):
     if result.exit_code == 2:
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path}"), result.output
+
+
+def test_fuzzed_teacher_imports_are_refused_in_one_line_and_run_nothing():
+    """benchmarks/fuzz.py's import cases, CI-sized: 72 EDM inputs (its 48 hostile pickles among
+    them) and 18 broken diffusers folders through `bench teacher import`: no traceback, every
+    refusal one line with nothing written, and no pickled call ever runs."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fuzz.py"
+    spec = importlib.util.spec_from_file_location("fuzz_bench", path)
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    results = fuzz.run_imports(72, random.Random(1))
+    for name, counts in results.items():
+        assert counts["traceback"] == 0, name
+        assert counts["wrote files"] == counts["not one line"] == counts["code ran"] == 0, name
+        assert counts["rejected"] > 0, name
+    edm = results["EDM pickles (`bench teacher import edm`)"]
+    assert edm["valid"] + edm["rejected"] == 72

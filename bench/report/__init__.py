@@ -43,6 +43,7 @@ from bench.report.tables import (
     paired_table,
     ratio_check_lines,
     ratio_check_table,
+    ratio_check_window,
     summarise,
     verdict_lines,
     write_csvs,
@@ -149,8 +150,10 @@ def _write_report(data: SweepData, client: MlflowClient, out: Path,
     sections = [Section("Are the students good enough to compare?",
                         quality_lines(data, summary, labels, teacher, teacher_note), [])]
     if not data.ratio_checks.empty:
+        fitted = not ratio_check_window(data).empty  # the oracle's truth needs no table
         sections.append(Section("Is the ratio estimate good enough to compare generators?",
-                                ratio_check_lines(data), [(ratio_check_table(data), "")]))
+                                ratio_check_lines(data),
+                                [(ratio_check_table(data), "")] if fitted else []))
     legend = ("Each cell: the verdict against the reference, the effect (the geometric-mean "
               "ratio ×, or the mean difference, paired by seed; for time to target, how many "
               "budgets later (+) or earlier (−) the arm gets there) and its Holm-adjusted p. "

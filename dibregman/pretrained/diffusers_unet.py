@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -372,7 +373,7 @@ def _load_unet(unet_dir: Path) -> tuple[nn.Module, Path]:
             unet, info = diffusers.UNet2DModel.from_pretrained(
                 unet_dir, local_files_only=True, use_safetensors=True, output_loading_info=True,
                 low_cpu_mem_usage=False)
-        except (OSError, ValueError, RuntimeError) as err:
+        except Exception as err:  # noqa: BLE001 - untrusted input through a third-party loader
             raise CheckpointError(f"{unet_dir}: cannot load the UNet2DModel: {err}") from None
         bad = {key: info.get(key) for key in ("missing_keys", "unexpected_keys",
                                               "mismatched_keys") if info.get(key)}
@@ -383,10 +384,15 @@ def _load_unet(unet_dir: Path) -> tuple[nn.Module, Path]:
     if not weights.is_file():
         raise CheckpointError(f"{unet_dir}: no weights (expected {SAFETENSORS_WEIGHTS}, or "
                               f"{PICKLE_WEIGHTS} read with torch.load(weights_only=True))")
-    config = diffusers.UNet2DModel.load_config(unet_dir, local_files_only=True)
-    unet = diffusers.UNet2DModel.from_config(config)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        unet = diffusers.UNet2DModel.from_config(
+            diffusers.UNet2DModel.load_config(unet_dir, local_files_only=True))
+    except Exception as err:  # noqa: BLE001 - untrusted input through a third-party loader
+        raise CheckpointError(f"{unet_dir}: cannot build the UNet2DModel: {err}") from None
+    try:
+        with warnings.catch_warnings():  # torch's note on the pickle protocol: not the user's
+            warnings.simplefilter("ignore")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # an UnpicklingError for anything beyond plain tensors
         raise CheckpointError(f"{weights}: refused, only tensors and plain containers are read "
                               f"from a pickle ({refusal_reason(err)}); re-save it as "
@@ -421,12 +427,17 @@ def import_diffusers(folder: str | Path, out_dir: str | Path) -> Path:
     unet_dir, sched_dir = _layout(folder)
     name = _class_name(sched_dir / SCHEDULER_CONFIG)
     cls = scheduler_class(name)
-    try:
+    try:  # a malformed config fails inside diffusers, with any exception type
         scheduler = cls.from_pretrained(sched_dir, local_files_only=True)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - untrusted input through a third-party loader
         raise CheckpointError(f"{sched_dir}: cannot load the {name}: {err}") from None
     unet, weights = _load_unet(unet_dir)
-    network = DiffusersDenoiser(unet, scheduler)
+    try:
+        network = DiffusersDenoiser(unet, scheduler)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a config value of the wrong type or range
+        raise CheckpointError(f"{folder}: unsupported configuration: {err}") from None
     record = {
         "format": "diffusers",
         "unet_config": _json_config(unet),

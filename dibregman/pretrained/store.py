@@ -110,6 +110,8 @@ def read_json_object(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(), object_hook=_decode_float)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path}: not JSON (not UTF-8 text: byte {err.start})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
