@@ -7,8 +7,8 @@ installed by `pip install -e '.[test]'`. A nox-made virtualenv per session would
 second multi-GB torch build for nothing.
 """
 
-import sys
 import shutil
+import sys
 from pathlib import Path
 
 import nox
