@@ -371,6 +371,23 @@ def test_a_swap_cut_between_its_renames_gets_the_previous_report_back(tmp_path):
     assert (out / "README.md").read_text() == "old report" and not previous.exists()
 
 
+def test_staging_folders_of_killed_builds_go_and_a_live_builds_stays(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    dead = tmp_path / f".report-{gone}-abc12345"
+    live = tmp_path / f".report-{os.getpid()}-def45678"
+    other = tmp_path / f".report-2-{gone}-abc12345"  # report "report-2"'s staging: not ours
+    for staging in (dead, live, other):
+        staging.mkdir()
+        (staging / "README.md").write_text("half-written")
+    recover_report(tmp_path / "report")
+    assert not dead.exists() and live.exists() and other.exists()
+
+
 def test_rebuilding_a_report_replaces_it_whole(report):
     """A second build over an existing report leaves one report holding the new files only:
     no file of the old one, no previous copy or staging folder beside it."""

@@ -17,6 +17,8 @@ PNG and SVG.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,7 +98,7 @@ def build_report(sweep: str | None = None, tracking_uri: str | None = None,
     recover_report(out)
     # Written into a temporary folder beside ``out`` and swapped in at the end, so that a
     # failure or a kill never leaves a half-written report (see recover_report).
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-{os.getpid()}-", dir=out.parent))
     try:
         _write_report(data, client, staging, formats)
         staging.chmod(0o755)  # mkdtemp makes it private
@@ -116,14 +118,31 @@ def _previous(out: Path) -> Path:
 
 
 def recover_report(out: Path) -> None:
-    """Undo a swap a kill interrupted: the new report moves in by two renames (``out`` to
+    """Undo what a killed build left: the new report moves in by two renames (``out`` to
     ``.NAME.previous``, the staged report to ``out``); a kill between them leaves no ``out``
-    but the previous report whole beside it, which this moves back. Called before every
-    report is written; a reader may call it too."""
+    but the previous report whole beside it, which this moves back. Staging folders
+    (``.NAME-PID-*``) of builds whose process is gone are removed. Called before every report
+    is written; a reader may call it too."""
     previous = _previous(out)
     if previous.exists() and not out.exists():
         previous.rename(out)
     shutil.rmtree(previous, ignore_errors=True)
+    pattern = re.compile(rf"\.{re.escape(out.name)}-(\d+)-[a-z0-9_]{{8}}")  # mkdtemp's names
+    for staging in out.parent.glob(f".{out.name}-*"):  # of builds killed before the swap
+        found = pattern.fullmatch(staging.name)
+        if found and not _alive(int(found.group(1))):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a staging folder of a live build is left alone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_report(data: SweepData, client: MlflowClient, out: Path,
