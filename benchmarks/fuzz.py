@@ -3,8 +3,8 @@
 Every case must end as *valid* (exit 0) or *rejected* (exit 2 with a one-line ``error:``
 message), never with another exit status or an exception (a traceback for the user), and a
 rejected case must write nothing. Specs go through ``bench sweep SPEC --dry-run`` (everything a
-sweep checks before Ray starts); ``--set KEY=VALUE`` pairs through ``bench run``'s config
-builder, the step that rejects them before a run directory exists.
+sweep checks before Ray starts); ``--set KEY=VALUE`` pairs through ``bench run --set PAIR
+--dry-run`` (every check a run makes before its directory exists, without training).
 
 Specs are the default sweep's structure with 1-4 top-level values replaced by random YAML
 values (huge integers, non-finite floats, unicode, nesting) or removed, then, for a third of
@@ -35,8 +35,8 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from bench.cli import app, build_config
-from dibregman.config import Config, ConfigError, config_keys
+from bench.cli import app
+from dibregman.config import Config, config_keys
 
 BASE_SPEC: dict[str, Any] = yaml.safe_load(
     (Path(__file__).resolve().parent.parent / "sweeps" / "divergences.yaml").read_text())
@@ -44,7 +44,8 @@ SPEC_KEYS = [*BASE_SPEC, "set", "search", "scheduler", "mode", "resources", "max
              "time_budget_s", "bogus"]
 KEYS = config_keys(Config)
 ODD_TEXT = ["", "é" * 300, "a/b", "../x", "nan", ".inf", "-.inf", "1e400", "[1, 2", "{a: 1}",
-            "reverse_kl", "alpha", "gmm2d", "fd_n2000", "off_mode_n10000", "max", "\x00", "\t"]
+            "reverse_kl", "alpha", "gmm2d", "fd_n2000", "off_mode_n10000", "max", "\x00", "\t",
+            "[/]", "[bold]x"]
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:
@@ -134,17 +135,28 @@ def run_specs(n: int, rng: random.Random) -> dict[str, int]:
 
 
 def run_sets(n: int, rng: random.Random) -> dict[str, int]:
-    counts = {"valid": 0, "rejected": 0, "traceback": 0}
-    for _ in range(n):
-        pair = fuzzed_set(rng)
-        try:
-            build_config("gmm2d-tiny", None, None, None, [pair])
-            counts["valid"] += 1
-        except ConfigError:
-            counts["rejected"] += 1
-        except Exception as err:  # noqa: BLE001 - the benchmark counts what escapes
-            counts["traceback"] += 1
-            print(f"traceback: {err!r} for --set {pair!r}")
+    """``n`` fuzzed pairs through the whole ``bench run --set PAIR --dry-run`` command (every
+    check a run makes before its directory exists, without training)."""
+    counts = {"valid": 0, "rejected": 0, "traceback": 0, "wrote files": 0, "not one line": 0}
+    runner = CliRunner()
+    home = os.getcwd()
+    with tempfile.TemporaryDirectory() as workdir:
+        os.chdir(workdir)
+        for _ in range(n):
+            pair = fuzzed_set(rng)
+            result = runner.invoke(app, ["run", "--preset", "gmm2d-tiny", "--set", pair,
+                                         "--out", "run", "--dry-run"])
+            if result.exit_code == 0:
+                counts["valid"] += 1
+            elif result.exit_code == 2 and isinstance(result.exception, SystemExit):
+                counts["rejected"] += 1
+                error = [line for line in result.output.splitlines() if line.strip()]
+                counts["not one line"] += len(error) != 1
+            else:
+                counts["traceback"] += 1
+                print(f"traceback: {result.exception!r} for --set {pair!r}")
+            counts["wrote files"] += bool(os.listdir(workdir))
+        os.chdir(home)
     return counts
 
 
@@ -331,7 +343,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     started = time.perf_counter()
     rows = [("specs (`bench sweep --dry-run`)", args.specs, run_specs(args.specs, rng)),
-            ("`--set` values (`bench run`)", args.sets, run_sets(args.sets, rng))]
+            ("`--set` values (`bench run --dry-run`)", args.sets, run_sets(args.sets, rng))]
     rows += [(name, sum(c[k] for k in ("valid", "rejected", "traceback")), c)
              for name, c in run_imports(args.imports, rng).items()]
     print(f"\n{time.perf_counter() - started:.0f} s, seed {args.seed}\n")

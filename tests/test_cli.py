@@ -92,3 +92,19 @@ def test_bench_teacher_without_a_subcommand_still_trains_and_checks_its_preset(t
                                   str(tmp_path / "t")])
     assert trained.exit_code == 0, trained.output
     assert (tmp_path / "t" / "teacher.pt").exists()
+
+
+def test_run_dry_run_prints_the_resolved_keys_and_writes_nothing(tmp_path, monkeypatch):
+    """`bench run --dry-run` names the keys that differ from the preset and the run directory,
+    exits 0 and writes nothing; a bad value is still exit 2."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--preset", "gmm2d-tiny", "--generator", "pearson",
+                                      "--set", "train.lr=2e-4", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "generator.name" in result.output and "pearson" in result.output
+    assert "train.lr" in result.output and "0.0002" in result.output
+    assert "runs/gmm2d-tiny-pearson-s0 (nothing written)" in result.output
+    assert list(tmp_path.iterdir()) == []
+    bad = CliRunner().invoke(app, ["run", "--preset", "gmm2d-tiny", "--set", "train.lr=-1",
+                                   "--dry-run"])
+    assert bad.exit_code == 2 and list(tmp_path.iterdir()) == []

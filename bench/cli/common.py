@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dibregman.config import Config, ConfigError, with_overrides
 from dibregman.presets import get_preset
@@ -23,7 +24,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str) -> typer.Exit:
     """Print ``error: message`` on stderr and return the exit-2 exception to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -43,6 +44,9 @@ def build_config(
 ) -> Config:
     """The resolved, validated config of a ``bench run`` command line."""
     overrides: dict[str, Any] = parse_sets(sets)
+    if "preset" in overrides:
+        raise ConfigError(f"--set preset={overrides['preset']!r}: the preset is chosen with "
+                          f"--preset (it records where the config started)")
     if generator is not None:
         overrides["generator.name"] = generator
     if alpha is not None:

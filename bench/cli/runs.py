@@ -12,9 +12,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from bench.cli.common import build_config, console, err_console, fail
-from dibregman.config import ConfigError
+from dibregman.config import Config, ConfigError, flatten
 from dibregman.evaluate import curve_metrics
-from dibregman.presets import tuning_warnings
+from dibregman.presets import get_preset, tuning_warnings
 from dibregman.results import MetricSpec
 from dibregman.run import check_run_dir, run_experiment
 
@@ -51,6 +51,20 @@ class LiveProgress:
         parts += [f"{spec.name} {record[spec.key]:.3g}" for spec in self.curve
                   if spec.key in record]
         self.progress.update(self.task, completed=record["step"], status="  ".join(parts))
+
+
+def print_resolved(cfg: Config, preset_name: str, run_dir: Path, world: int) -> None:
+    """The config keys that differ from preset ``preset_name``'s, and where the run would go."""
+    preset, resolved = flatten(get_preset(preset_name)), flatten(cfg)
+    table = Table(title=f"bench run --dry-run: preset {preset_name}, {world} process(es)")
+    table.add_column("key")
+    table.add_column("preset")
+    table.add_column("this run")
+    for key, value in resolved.items():
+        if value != preset[key]:
+            table.add_row(key, str(preset[key]), str(value))
+    console.print(table)
+    console.print(f"run directory: {run_dir} (nothing written)")
 
 
 def torchrun(nproc_per_node: int, args: list[str]) -> int:
@@ -91,6 +105,11 @@ def run(
                                       "command under torchrun. Several machines: call torchrun "
                                       "yourself on `python -m bench.cli run`.")
     ] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the command and print the resolved config "
+                                             "(the keys that differ from the preset) and the "
+                                             "run directory, without training.")
+    ] = False,
 ) -> None:
     """Distil one teacher into a one-step student; rerun on the same --out to resume."""
     import os
@@ -123,6 +142,13 @@ def run(
             err_console.print(f"[yellow]warning: {escape(warning)}[/]", highlight=False,
                               soft_wrap=True)
     run_dir = out or Path("runs") / f"{cfg.preset}-{cfg.generator.name}-s{cfg.seed}"
+    if dry_run:
+        try:
+            check_run_dir(cfg, run_dir)
+        except ValueError as err:
+            raise error(str(err)) from None
+        print_resolved(cfg, preset, run_dir, world)
+        return
     if not worker and nproc_per_node > 1:
         try:  # what rank 0 would refuse, refused here with exit 2 (torchrun's failure is 1)
             check_run_dir(cfg, run_dir)
