@@ -97,7 +97,8 @@ INT_LIMIT = 2**63
 def check_plain(value: Any, where: str, key: str, depth: int = 0) -> None:
     """Refuse what no spec field takes, before any field is read: nesting deeper than
     ``MAX_DEPTH``, integers outside ``(-2^63, 2^63)`` and non-finite floats."""
-    label = f"{where}: {key or 'the spec'}"
+    shown = key if key.isprintable() else repr(key)  # one line, whatever the key holds
+    label = f"{where}: {shown or 'the spec'}"
     if depth > MAX_DEPTH:
         raise SpecError(f"{label}: nested too deeply (more than {MAX_DEPTH} levels)")
     if isinstance(value, dict):
