@@ -36,6 +36,7 @@ from dibregman.bregman import BregmanGenerator
 from dibregman.config import RatioConfig
 from dibregman.members import member_means
 from dibregman.registry import Registry
+from dibregman.results import WEIGHT_DIAGNOSTICS
 
 # A fitting loss per pair of samples (teacher side, student side): its batch mean is the loss.
 RatioLoss = Callable[[Tensor, Tensor], Tensor]
@@ -207,8 +208,7 @@ class RatioEstimator(nn.Module):
                                    torch.tensor([0.05, 0.5, 0.95], device=ratio.device), dim=1)
         table = torch.stack([weight_all.amin(1), weight_all.mean(1), weight_all.amax(1),
                              *quantiles, clipped_all.mean(1)]).T.tolist()
-        names = ("weight_min", "weight_mean", "weight_max", "ratio_q05", "ratio_q50",
-                 "ratio_q95", "ratio_clipped_fraction")
+        names = tuple(WEIGHT_DIAGNOSTICS)  # the result contract's order
         diagnostics = [dict(zip(names, row, strict=True)) for row in table]
         if cfg.weight_normalize:
             mean = weight_all.mean(dim=1, keepdim=True)

@@ -131,6 +131,31 @@ BUDGET_COSTS = (
 )
 
 
+# A step record's diagnostics (beside the declared metrics; not compared between arms), key to
+# what it is. The weight pipeline's (dibregman.ratio.RatioEstimator.weights), per member and
+# batch: the raw weight w = h''(r) r before the batch-mean division, and the ratio after
+# clipping and per-bin normalisation.
+WEIGHT_DIAGNOSTICS = {
+    "weight_min": "smallest raw weight",
+    "weight_mean": "mean raw weight",
+    "weight_max": "largest raw weight",
+    "ratio_q05": "ratio r, 5th percentile",
+    "ratio_q50": "ratio r, median",
+    "ratio_q95": "ratio r, 95th percentile",
+    "ratio_clipped_fraction": "share of ratios clipped",
+}
+# The losses of a step (dibregman.distill.Distiller.step) and the ratio network's accuracy.
+LOSS_DIAGNOSTICS = {
+    "loss_fake_dsm": "fake score's denoising loss",
+    "loss_ratio": "ratio network's fitting loss",
+    "ratio_accuracy": "ratio network's accuracy (teacher vs student)",
+    "loss_dm": "distribution-matching loss",
+    "loss_gan": "GAN term",
+    "loss_regression": "regression term",
+    "grad_norm": "norm of the distribution-matching step",
+}
+
+
 # The live ratio check's summary (dibregman/ratio_check.py), logged at every evaluation of a run
 # whose teacher has an exact density: over the check levels sigma <= sigma_data, the mean
 # correlation of the estimated and true log r, and the mean accuracy the estimate's rule falls

@@ -87,3 +87,16 @@ def test_the_default_method_is_di_bregman():
     cfg = tiny()
     assert cfg.method == "di_bregman"
     assert isinstance(Distiller(cfg, teacher_for(cfg)).method, DiBregman)
+
+
+def test_a_step_record_holds_the_result_contracts_diagnostics_only():
+    """Every key of a step's record is declared in dibregman.results (the weight pipeline's
+    diagnostics, the losses, the non-finite count), and Di-Bregman records every weight
+    diagnostic; with the GAN and regression terms on, their losses too."""
+    from dibregman.results import LOSS_DIAGNOSTICS, STEP_RECORD_KEY, WEIGHT_DIAGNOSTICS
+
+    cfg = tiny(**{"generator.name": "pearson", "train.gan_weight": 0.01,
+                  "train.regression_weight": 0.5, "train.regression_pairs": 32})
+    record = Distiller(cfg, teacher_for(cfg)).step()[0]
+    assert set(record) <= {*WEIGHT_DIAGNOSTICS, *LOSS_DIAGNOSTICS, STEP_RECORD_KEY}
+    assert set(WEIGHT_DIAGNOSTICS) | set(LOSS_DIAGNOSTICS) | {STEP_RECORD_KEY} == set(record)

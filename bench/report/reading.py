@@ -35,7 +35,14 @@ from bench.tracking import (
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from dibregman.config import Config, EvalConfig, with_overrides  # noqa: E402
 from dibregman.evaluate import declared_metrics  # noqa: E402
-from dibregman.results import MetricSpec, Role, Stage, Status, headline  # noqa: E402
+from dibregman.results import (  # noqa: E402
+    WEIGHT_DIAGNOSTICS,
+    MetricSpec,
+    Role,
+    Stage,
+    Status,
+    headline,
+)
 from dibregman.run import METRICS_FILE, RATIO_CHECK_FILE, read_jsonl  # noqa: E402
 
 
@@ -168,8 +175,7 @@ def load_sweep(client: MlflowClient, parent: Any, tracking_uri: str) -> SweepDat
         frame["label"] = [run.data.tags[ARM_TAG] for run in runs]
     columns, curve = columns_for(runs[0].data.params, parent.data.tags.get(HEADLINE_TAG))
     long = load_records(client, runs, frame)
-    history_keys = (curve.key, "weight_mean", "weight_max", "weight_min", "ratio_q05",
-                    "ratio_q50", "ratio_q95", "ratio_accuracy")
+    history_keys = (curve.key, *WEIGHT_DIAGNOSTICS, "ratio_accuracy")
     histories = long[long.key.isin(history_keys)]
     for column in columns:
         if column.key not in frame:
