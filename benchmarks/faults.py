@@ -14,7 +14,8 @@ same `bench run` after a killed rank), and the MLflow store is audited:
   but MLflow already holds what it logged only up to that checkpoint), so every duplicate is a
   defect;
 * same report: whether `bench report` built afterwards holds the same (arm, seed) set as the
-  unfaulted sweep's report.
+  unfaulted sweep's report (for a killed `bench report`: whether the folder holds a whole
+  report, the previous one or the complete new one).
 
 Faults: none (the reference); SIGKILL of the driver and its whole process tree at a random
 moment, then `--resume` (`--rounds` kill times spread over the unfaulted sweep's duration);
@@ -270,37 +271,48 @@ def tree_digest(path: Path) -> str:
 
 
 def report_rows(rounds: int, rng: random.Random) -> list[dict[str, Any]]:
-    """`bench report` SIGKILLed at random moments over an existing report: it stays whole."""
+    """`bench report` SIGKILLed at random moments over an existing report: afterwards the
+    folder holds a whole report, the previous one byte for byte or, when the kill came after
+    the swap, the new one complete (every file the previous had, its own build time)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="fault-report-") as tmp:
         work = Path(tmp)
         until_done(sweep_command(work, write_spec(work)), work)
         out = work / "report"
-        report_set(work, SPEC["name"], out)
-        before = tree_digest(out)
         command = bench("report", SPEC["name"], "--tracking-uri", f"sqlite:///{work}/mlflow.db",
                         "--out", str(out))
         started = time.monotonic()
         until_done(command, work)
         duration = time.monotonic() - started
-        before = tree_digest(out)  # a rebuild of the same store writes the same report
         for index in range(rounds):
+            before, names = tree_digest(out), file_names(out)
+            built = json.loads((out / "provenance.json").read_text())["built_at"]
             at = rng.uniform(0.3, 1.0) * duration
             process = subprocess.Popen(command, cwd=work, env=ENV, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL, start_new_session=True)
             time.sleep(at)
             kill_tree(process)
-            # what the next `bench report` (or a reader) finds: the previous report, whole
+            # what the next `bench report` (or a reader) finds
             from bench.report import recover_report
 
             recover_report(out)
-            whole = out.exists() and tree_digest(out) == before
+            previous = out.exists() and tree_digest(out) == before
+            new = (out.exists() and file_names(out) == names and json.loads(
+                (out / "provenance.json").read_text())["built_at"] != built)
+            leftovers = sorted(p.name for p in work.glob(".report*"))
             rows.append({"fault": "report", "round": index + 1,
-                         "detail": f"killed at {at:.1f} s of {duration:.1f}",
+                         "detail": f"killed at {at:.1f} s of {duration:.1f}: "
+                                   + ("the previous report" if previous else
+                                      "the new report" if new else "NOT WHOLE")
+                                   + (f"; left {leftovers}" if leftovers else ""),
                          "expected": "–", "finished": "–", "lost": "–", "duplicated": "–",
                          "left RUNNING": "–", "duplicate steps": "–",
-                         "same report": whole})
+                         "same report": previous or new})
     return rows
+
+
+def file_names(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
 def concurrent_row(reference: set) -> dict[str, Any]:
