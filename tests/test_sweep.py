@@ -536,9 +536,9 @@ def test_a_private_runtime_listens_on_loopback_only():
         ray.shutdown()
 
 
-def test_a_store_that_cannot_be_created_stops_the_sweep_before_anything_starts(tmp_path):
+def test_a_store_that_cannot_be_created_stops_the_sweep_before_anything_is_written(tmp_path):
     """The store's folder is a file: one line naming the store and why, exit 2, no Ray storage
-    and no store file written (the store opens before the Ray runtime starts)."""
+    and no store file written (the store opens before anything is written)."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be")
     spec = tmp_path / "spec.yaml"

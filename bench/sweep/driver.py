@@ -119,7 +119,8 @@ def run_sweep(
         FileNotFoundError: ``resume`` with no restorable experiment of this sweep.
         SpecError: a trial asks for more CPUs or GPUs than the Ray runtime has.
         StoreError: the MLflow store cannot be opened or created (a read-only or full
-            filesystem, a server that does not answer); nothing is started or written then.
+            filesystem, a server that does not answer); the Ray runtime is stopped again and
+            nothing is written.
         ClusterUnreachable: ``address`` names no reachable cluster.
     """
     console = console or Console()
@@ -132,14 +133,16 @@ def run_sweep(
     view.note = "starting the Ray runtime and the MLflow store"
     view.start()  # the clock moves from the first second, before Ray is up
     try:
-        uri = resolve_tracking_uri(tracking_uri)
-        client = open_store(uri)  # first: a store that cannot be written stops nothing started
         start_ray(address, num_cpus, console)
     except BaseException:
         view.stop()
         raise
     try:  # until Tune runs: an error here must not leave Ray running
         check_resources(spec)
+        # The store before anything is written: a store that cannot be written, or a spec the
+        # runtime cannot run, leaves no store file and no experiment directory behind.
+        uri = resolve_tracking_uri(tracking_uri)
+        client = open_store(uri)
         storage = Path(storage).resolve()
         if resume:
             previous = latest_experiment(storage, spec.name)
