@@ -50,6 +50,8 @@ from typing import Any
 import yaml
 from sweep import process_tree
 
+from bench.report import recover_report
+
 GENERATORS = ("reverse_kl", "pearson")
 SEEDS = (0, 1, 2)
 SETTINGS = {"train.generator_steps": 150, "log_every": 10, "checkpoint_every": 30,
@@ -292,10 +294,7 @@ def report_rows(rounds: int, rng: random.Random) -> list[dict[str, Any]]:
                                        stderr=subprocess.DEVNULL, start_new_session=True)
             time.sleep(at)
             kill_tree(process)
-            # what the next `bench report` (or a reader) finds
-            from bench.report import recover_report
-
-            recover_report(out)
+            recover_report(out)  # what the next `bench report` (or a reader) finds
             previous = out.exists() and tree_digest(out) == before
             new = (out.exists() and file_names(out) == names and json.loads(
                 (out / "provenance.json").read_text())["built_at"] != built)

@@ -188,7 +188,7 @@ class Method:
             with nets.autocast:
                 log_r = nets.ratio.log_ratio(x_noised, batch.sigma, batch.labels)
             terms["loss_gan"] = (gan_generator_loss(log_r), train.gan_weight)
-        if nets.pairs is not None and batch.pair_index is not None:
+        if batch.pair_index is not None:  # drawn only when the run has regression pairs
             latents, labels, targets = nets.pairs
             index = batch.pair_index
             with nets.autocast:

@@ -23,8 +23,10 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` on stderr and return the exit-2 exception to raise."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print ``error: message`` on stderr, on one line whatever the message holds (a library's
+    multi-line text included), and return the exit-2 exception to raise."""
+    line = " ".join(message.splitlines())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 

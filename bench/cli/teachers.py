@@ -94,8 +94,8 @@ def run_import(importer: Callable[[], Path], source: Path,
 
     try:
         directory = importer()
-    except (CheckpointError, OSError) as err:  # one line, whatever a library wrote
-        raise fail(" ".join(str(err).split())) from None
+    except (CheckpointError, OSError) as err:
+        raise fail(str(err)) from None
     console.print(f"imported {source} -> {directory}")
     line = note(read_record(directory)) if note is not None else None
     if line:
