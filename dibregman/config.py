@@ -84,6 +84,36 @@ class ImageTeacherConfig:
 
 
 @dataclass(frozen=True)
+class TextConfig:
+    """Text-to-image teachers: the prompt set, classifier-free guidance and the text encoder.
+
+    Attributes:
+        prompts: the prompt set, whose prompts are the teacher's conditions (ids ``0 .. C-1``,
+            drawn class-balanced in training; evaluation sample ``i`` has prompt ``i mod C``):
+            ``templates`` (the ``text_digits`` teacher's captions, :mod:`dibregman.text`),
+            ``file:PATH`` (one prompt per non-empty line) or ``folder:PATH`` (captioned images:
+            every image with a caption in a ``.txt`` file of the same stem).
+        guidance_scale: ``w`` of classifier-free guidance (Ho & Salimans 2022, arXiv
+            2207.12598): the teacher is ``D_w = D(x, sigma, "") + w (D(x, sigma, c) -
+            D(x, sigma, ""))``; ``w = 1`` is the conditional denoiser alone (one evaluation).
+        caption_dropout: share of training captions replaced by the empty prompt ``""``, the
+            null condition of guidance (teachers this package trains).
+        embed_dim: width of the ``text_digits`` teacher's tiny text encoder.
+        encoder_steps: contrastive training steps of the tiny text encoder (a CLIP of its own).
+        clip_model: the CLIP model of the CLIP score: a local folder in transformers'
+            ``save_pretrained`` layout; "" uses the package's own tiny CLIP of the captioned data
+            (``text_digits``), trained apart from the teacher's text encoder.
+    """
+
+    prompts: str = "templates"
+    guidance_scale: float = 1.0
+    caption_dropout: float = 0.1
+    embed_dim: int = 32
+    encoder_steps: int = 600
+    clip_model: str = ""
+
+
+@dataclass(frozen=True)
 class MixtureConfig:
     """The ``mixture`` teacher: isotropic Gaussians of one ``std``, defined by config alone.
 
@@ -300,6 +330,7 @@ class Config:
     method: str = "di_bregman"
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
     image_teacher: ImageTeacherConfig = field(default_factory=ImageTeacherConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     ratio: RatioConfig = field(default_factory=RatioConfig)
     net: NetConfig = field(default_factory=NetConfig)

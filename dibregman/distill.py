@@ -48,7 +48,7 @@ from dibregman import distributed
 from dibregman.config import Config
 from dibregman.density import oracle_log_ratio
 from dibregman.device import adamw, autocast, prepare_modules, resolve_device
-from dibregman.labels import balanced_labels, evaluation_labels, one_hot
+from dibregman.labels import balanced_labels, evaluation_labels
 from dibregman.members import (
     load_member_state_dicts,
     member_grad_norms,
@@ -207,9 +207,10 @@ class Distiller:
     # generators advance as in one process, and keeps its shard (``_shard``, once per batch).
 
     def _labels(self, n: int, rng: torch.Generator) -> Tensor | None:
-        """Class-balanced one-hot labels ``(n, C)``; None (nothing drawn) unconditionally."""
+        """The teacher's labels of ``n`` class-balanced condition ids; None (nothing drawn)
+        unconditionally."""
         c = self.num_classes
-        return one_hot(balanced_labels(n, c, rng), c) if c else None
+        return self.teacher.condition(balanced_labels(n, c, rng)) if c else None
 
     def _normal(self, n: int, rng: torch.Generator) -> Tensor:
         return torch.randn(n, *self.teacher.shape, generator=rng, device=self.device)
@@ -274,7 +275,7 @@ class Distiller:
         """
         latents = torch.randn(n, *self.teacher.shape, generator=torch.Generator().manual_seed(seed))
         labels = self.sample_labels(n)
-        y = None if labels is None else one_hot(labels, self.num_classes).to(self.device)
+        y = None if labels is None else self.teacher.condition(labels.to(self.device))
         student = member_module(self.student_ema if ema else self.student, member)
         with self.autocast:
             return torch.cat([

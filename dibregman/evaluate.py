@@ -48,7 +48,7 @@ def teacher_reference(cfg: Config) -> dict[str, float]:
     class-conditional teacher). What a one-step student is held against."""
     import torch
 
-    from dibregman.labels import evaluation_labels, one_hot
+    from dibregman.labels import evaluation_labels
     from dibregman.teachers import teacher_for
 
     teacher = teacher_for(cfg)
@@ -56,7 +56,7 @@ def teacher_reference(cfg: Config) -> dict[str, float]:
     n = cfg.eval.n_final
     latents = torch.randn(n, *teacher.shape, generator=torch.Generator().manual_seed(cfg.eval.seed))
     labels = evaluation_labels(n, teacher.num_classes) if teacher.num_classes else None
-    y = None if labels is None else one_hot(labels, teacher.num_classes)
+    y = None if labels is None else teacher.condition(labels)
     samples = torch.cat([teacher.sample_from(latents[i:i + 1024],
                                              None if y is None else y[i:i + 1024]).float().cpu()
                          for i in range(0, n, 1024)])

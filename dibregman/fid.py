@@ -33,7 +33,7 @@ from torch import Tensor
 
 from dibregman.cache import cache_root
 from dibregman.config import from_dict
-from dibregman.labels import evaluation_labels, one_hot
+from dibregman.labels import evaluation_labels
 from dibregman.metrics import cached_moments, content_hash, frechet_distance, inception_features
 from dibregman.run import CONFIG_FILE, read_checkpoint, write_json
 from dibregman.students import build_networks
@@ -161,8 +161,7 @@ def paper_fid(
             moments = RunningMoments(1)
             moments.load_state_dict(torch.load(partial, weights_only=True))
         rng = torch.Generator().manual_seed(seed)
-        labels = (one_hot(evaluation_labels(n, teacher.num_classes), teacher.num_classes)
-                  if teacher.num_classes else None)
+        labels = (evaluation_labels(n, teacher.num_classes) if teacher.num_classes else None)
         done = 0
         while done < n:
             size = min(batch_size, n - done)
@@ -170,7 +169,8 @@ def paper_fid(
             done += size
             if moments is not None and done <= moments.count:
                 continue  # drawn and discarded: the stream resumes where the save left it
-            chunk_labels = None if labels is None else labels[done - size:done].to(device)
+            chunk_labels = None if labels is None else teacher.condition(
+                labels[done - size:done].to(device))
             with torch.no_grad():
                 samples = student(latents.to(device), chunk_labels).float().clamp(-1, 1).cpu()
             chunk = features(samples, device)

@@ -9,8 +9,9 @@ arXiv 2206.00364, Table 1):
 
 ``F`` is any module called as ``F(x_in, c_noise, labels)``: :class:`MLPNet` or :class:`UNet`.
 ``labels`` are one-hot class rows ``(B, C)`` for a class-conditional network (``label_dim = C``;
-:mod:`dibregman.labels`), None for an unconditional one: a label embedding
-``W_y y`` is added to the noise embedding (EDM's ``map_label``).
+:mod:`dibregman.labels`), text embeddings ``(B, E)`` (or token states ``(B, L, E)``, pooled by
+their mean) for a text-conditional one (``label_dim = E``), None for an unconditional one: a
+label embedding ``W_y y`` is added to the noise embedding (EDM's ``map_label``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class NoiseEmbedding(nn.Module):
 
 
 class LabelEmbedding(nn.Module):
-    """``W_y y`` of one-hot labels ``y: (B, C)`` -> ``(B, emb_dim)``; with ``label_dim = 0`` an
+    """``W_y y`` of labels ``y: (B, C)`` (one-hot classes or text embeddings) -> ``(B, emb_dim)``;
+    token states ``(B, L, C)`` are averaged over ``L`` first. With ``label_dim = 0`` an
     unconditional network's stand-in that gives 0 and refuses labels.
 
     Raises (in ``forward``):
@@ -102,8 +104,10 @@ class LabelEmbedding(nn.Module):
             return 0.0
         if labels is None or labels.shape[-1] != self.label_dim:
             got = "none" if labels is None else f"shape {tuple(labels.shape)}"
-            raise ValueError(f"this network is class-conditional: it needs one-hot labels "
-                             f"(B, {self.label_dim}), got {got}")
+            raise ValueError(f"this network is conditional: it needs labels "
+                             f"(B, {self.label_dim}) or (B, L, {self.label_dim}), got {got}")
+        if labels.ndim == 3:
+            labels = labels.mean(dim=1)
         return self.linear(labels.to(self.linear.weight.dtype))
 
 

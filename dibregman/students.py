@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from dibregman.config import Config
-from dibregman.labels import balanced_labels, one_hot
+from dibregman.labels import balanced_labels
 from dibregman.networks import (
     ConvEncoder,
     Denoiser,
@@ -53,7 +53,7 @@ def build_networks(
         student = DenoiserStudent(copy.deepcopy(teacher.network).requires_grad_(True),
                                   cfg.train.sigma_init)
         fake = copy.deepcopy(teacher.network).requires_grad_(True)
-        ratio_net = RatioNetwork(ConvEncoder(teacher.shape[0], label_dim=teacher.num_classes),
+        ratio_net = RatioNetwork(ConvEncoder(teacher.shape[0], label_dim=teacher.condition_dim),
                                  sd)
     init_parameters(ratio_net, init_rng, zero_last=True)
     return student.train(), fake.train(), ratio_net
@@ -64,8 +64,8 @@ def regression_pairs(
     teacher: Teacher, n: int, rng: torch.Generator, device: torch.device,
     batch_size: int = 512,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """DMD's regression set: ``n`` latents (and class-balanced labels, for a class-conditional
-    teacher) and the teacher's ODE images of them.
+    """DMD's regression set: ``n`` latents (and the labels of class-balanced condition ids, for a
+    conditional teacher) and the teacher's ODE images of them.
 
     Args:
         teacher: the frozen teacher; ``x = teacher.sample_from(z, y)`` (35 evaluations each).
@@ -74,14 +74,13 @@ def regression_pairs(
         device: where the pairs live.
 
     Returns:
-        latents ``(n, *shape)``, one-hot labels ``(n, C)`` or None (unconditional), and
+        latents ``(n, *shape)``, labels (``teacher.condition`` of the ids) or None, and
         targets ``(n, *shape)``, all fp32 on ``device``.
     """
     latents = torch.randn(n, *teacher.shape, generator=rng).to(device)
     labels = None
     if teacher.num_classes:
-        labels = one_hot(balanced_labels(n, teacher.num_classes, rng),
-                         teacher.num_classes).to(device)
+        labels = teacher.condition(balanced_labels(n, teacher.num_classes, rng).to(device))
     targets = torch.cat([
         teacher.sample_from(latents[i:i + batch_size],
                             None if labels is None else labels[i:i + batch_size]).float()

@@ -4,10 +4,14 @@ A noised sample is ``x_sigma = x + sigma * n`` with ``n ~ N(0, I)``; the denoise
 clean ``x``, and the score of the noised marginal follows from Tweedie's formula:
 ``s(x, sigma) = (D(x, sigma) - x) / sigma**2``.
 
-A class-conditional teacher (``num_classes = C > 0``) models ``p(x | y)``: ``denoise``,
-``sample``, ``sample_from`` and ``sample_data`` take one-hot labels ``(B, C)``
-(:mod:`dibregman.labels`). An unconditional teacher (``num_classes = 0``) is always called with
-``labels=None``.
+A conditional teacher has ``num_classes = C > 0`` discrete *conditions*, ids ``0 .. C-1``: the
+classes of a class-conditional teacher, or the prompts of a text-to-image teacher's prompt set.
+It models ``p(x | y)``; :meth:`Teacher.condition` turns condition ids ``(B,)`` into what its
+networks take, the *labels* ``y``: one-hot rows ``(B, C)`` for classes
+(:mod:`dibregman.labels`), text-encoder embeddings of the prompts for a text-to-image teacher
+(``(B, E)`` pooled, or ``(B, L, E)`` token states for a cross-attention U-Net). ``denoise``,
+``sample``, ``sample_from`` and ``sample_data`` take those labels. An unconditional teacher
+(``num_classes = 0``) is always called with ``labels=None``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import Tensor, nn
 
 from dibregman.config import Config
 from dibregman.evaluators import Evaluator, VectorEvaluator
+from dibregman.labels import one_hot
 from dibregman.noise import expand_sigma
 from dibregman.results import NamedEnum
 from dibregman.sampling import heun_sample
@@ -54,7 +59,8 @@ class Teacher(ABC):
         sigma_data: the data's standard deviation (EDM preconditioning of students and critics).
         shape: the shape of one sample, e.g. ``(2,)`` or ``(1, 8, 8)``.
         sampler_steps: Heun steps of :meth:`sample_from` (18 = EDM's 35 evaluations).
-        num_classes: ``C`` of a class-conditional teacher; 0 for an unconditional one.
+        num_classes: ``C``, the number of conditions (classes, or prompts of a text-to-image
+            teacher's prompt set); 0 for an unconditional teacher.
         exact_density: whether :meth:`log_prob` gives the exact noised log-density (class
             attribute): what the live ratio check (:mod:`dibregman.ratio_check`) and the
             ``oracle`` ratio estimator need.
@@ -90,6 +96,21 @@ class Teacher(ABC):
     def to(self, device: str | torch.device) -> Teacher:
         """Move to ``device`` (nothing to move by default); returns ``self``."""
         return self
+
+    @property
+    def condition_dim(self) -> int:
+        """Width ``E`` of the labels' last axis, what a network built for this teacher (the
+        ratio network's label embedding) takes: ``C`` for one-hot classes (the default), the
+        text embedding's width for a text-to-image teacher; 0 when unconditional."""
+        return self.num_classes
+
+    def condition(self, ids: Tensor) -> Tensor:
+        """The labels of condition ids ``(B,)`` int64 in ``[0, C)``, on ``ids``' device.
+
+        Default: one-hot class rows ``(B, C)`` float32. A text-to-image teacher returns its
+        text encoder's embeddings of ``prompts[ids]``.
+        """
+        return one_hot(ids, self.num_classes)
 
     def build_evaluator(self, cfg: Config) -> Evaluator:
         """An instance of :attr:`evaluator` for this teacher under ``cfg.eval``."""
