@@ -109,7 +109,7 @@ class TextConfig:
     guidance_scale: float = 1.0
     caption_dropout: float = 0.1
     embed_dim: int = 32
-    encoder_steps: int = 600
+    encoder_steps: int = 300
     clip_model: str = ""
 
 

@@ -95,6 +95,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"unknown image_teacher.dataset {dataset!r}; valid: "
                               f"{', '.join(dataset_names())}, folder:PATH")
     check_applicable(cfg, kind)
+    if not entry.teacher_class.text_conditional:
+        defaults = flatten(Config())
+        for key, value in flatten(cfg).items():
+            if key.startswith("text.") and value != defaults[key]:
+                raise ConfigError(f"{key}={value!r} does not apply to teacher {cfg.teacher!r} "
+                                  f"(its conditions are no prompts); leave it at "
+                                  f"{defaults[key]!r}")
     not_finite = [key for key, value in flatten(cfg).items()
                   if any(isinstance(v, float) and not math.isfinite(v)
                          for v in (value if isinstance(value, tuple) else (value,)))]
@@ -167,6 +174,10 @@ def _range_checks(cfg: Config) -> list[tuple[bool, str]]:
          f"setting)"),
         (len(cfg.image_teacher.channel_mult) >= 1,
          "image_teacher.channel_mult must list at least one level multiplier, e.g. 1,2"),
+        (cfg.text.guidance_scale >= 0, "text.guidance_scale must be >= 0 (1: no guidance)"),
+        (0 <= cfg.text.caption_dropout < 1, "text.caption_dropout must lie in [0, 1)"),
+        (cfg.text.embed_dim >= 1, "text.embed_dim must be >= 1"),
+        (cfg.text.encoder_steps >= 1, "text.encoder_steps must be >= 1"),
     ]
 
 

@@ -54,7 +54,7 @@ def test_a_conditional_unet_reads_its_label_and_refuses_to_run_without_one():
     labels = one_hot(torch.tensor([3, 3]), 10)
     assert not torch.allclose(net(x, sigma, labels), net(x, sigma, one_hot(torch.tensor([4, 4]),
                                                                             10)))
-    with pytest.raises(ValueError, match=r"class-conditional: it needs one-hot labels \(B, 10\)"):
+    with pytest.raises(ValueError, match=r"conditional: it needs labels \(B, 10\)"):
         net(x, sigma)
     with pytest.raises(ValueError, match="unconditional"):
         Denoiser(UNet(1, 8), 0.5)(x, sigma, labels)

@@ -26,6 +26,13 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from bench.report.agreement import (
+    agreement_columns,
+    agreement_comparisons,
+    agreement_lines,
+    agreement_table,
+    chart_agreement,
+)
 from bench.report.charts import draw_charts
 from bench.report.pages import (
     FORMATS,
@@ -183,6 +190,12 @@ def _write_report(data: SweepData, client: MlflowClient, out: Path,
     # With a budget family the verdict table says it all; without budgets (an older sweep, or
     # a search) these lines are the verdicts in words.
     words = [] if data.budgets else verdict_lines(data, comparison)
+    if agreement_columns(data) and finished:
+        agreement = agreement_comparisons(data, labels)
+        charts.append(chart_agreement(data, agreement, labels, teacher, out))
+        sections.append(Section("Image quality against prompt agreement",
+                                agreement_lines(data, agreement, teacher),
+                                [(agreement_table(data, agreement), "")]))
     after = [Section(f"At the last step: each arm against {REFERENCE}, paired by seed", words,
                      [(paired_table(comparison), method_note(comparison))])]
     page = PageContent(data, comparison_table(data, summary, comparison, teacher), sections,

@@ -34,15 +34,16 @@ CHART_CAPTIONS = {
     "ratio_check": "Ratio estimate against the truth",
     "efficiency": "Sample efficiency: the headline against budget, with 95 % bands",
     "time_to_target": "Time to target",
+    "agreement": "Image quality against prompt agreement (CLIP score), 95 % intervals",
 }
 
 
-def _colours(labels: list[str]) -> dict[str, Any]:
+def arm_colours(labels: list[str]) -> dict[str, Any]:
     cmap = plt.get_cmap("tab20")
     return {label: cmap(i % 20) for i, label in enumerate(labels)}
 
 
-def _save(fig: plt.Figure, out: Path, name: str) -> str:
+def save_chart(fig: plt.Figure, out: Path, name: str) -> str:
     """``NAME.png`` and ``NAME.svg``, each the same bytes for the same figure on every build
     (no date in either, the SVG's element ids from a fixed salt), so a rebuilt report differs
     only where its numbers do."""
@@ -57,7 +58,7 @@ def _save(fig: plt.Figure, out: Path, name: str) -> str:
 def chart_curves(data: SweepData, labels: list[str], out: Path) -> str:
     """The curve metric over generator steps: median over seeds, min-max band."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    colours = _colours(labels)
+    colours = arm_colours(labels)
     curves = data.histories[data.histories.key == data.curve.key]
     for label in labels:
         table = curves[curves.label == label].pivot_table(index="step", columns="seed",
@@ -73,7 +74,7 @@ def chart_curves(data: SweepData, labels: list[str], out: Path) -> str:
     ax.set_ylabel(f"{data.curve.label} (median over seeds, band min–max)")
     ax.set_title(f"{data.curve.label} ({data.curve.direction} is better) during distillation")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
-    return _save(fig, out, "curves")
+    return save_chart(fig, out, "curves")
 
 
 def chart_final(data: SweepData, summary: pd.DataFrame, labels: list[str], out: Path) -> str:
@@ -97,14 +98,14 @@ def chart_final(data: SweepData, summary: pd.DataFrame, labels: list[str], out: 
     ax.set_xscale("log")
     ax.set_xlabel(f"{top.label}: mean ± std over seeds (dots: seeds)")
     ax.set_title(f"Final {top.label} ({top.direction} is better; red: reverse KL = DMD)")
-    return _save(fig, out, "final")
+    return save_chart(fig, out, "final")
 
 
 def chart_tradeoffs(data: SweepData, summary: pd.DataFrame, labels: list[str], out: Path) -> str:
     """Precision vs recall, and the headline metric vs run time, one point per generator
     (mean ± std); the precision panel is left empty when none is declared."""
     stats = summary.set_index(["label", "metric"])
-    colours = _colours(labels)
+    colours = arm_colours(labels)
     precision, recall = data.column("precision"), data.column("recall")
     time_ = data.column("wall_time")
     pairs = [(recall, precision), (time_, data.headline)]
@@ -125,7 +126,7 @@ def chart_tradeoffs(data: SweepData, summary: pd.DataFrame, labels: list[str], o
     axes[1].set_title("Quality against cost")
     axes[1].set_yscale("log")
     axes[1].legend(fontsize=7, ncol=2)
-    return _save(fig, out, "tradeoffs")
+    return save_chart(fig, out, "tradeoffs")
 
 
 def chart_weights(data: SweepData, labels: list[str], out: Path) -> str:
@@ -134,7 +135,7 @@ def chart_weights(data: SweepData, labels: list[str], out: Path) -> str:
               ("weight_min", "min w / mean w", "weight_mean"),
               ("ratio_q95", "r, 95th percentile", None),
               ("ratio_q05", "r, 5th percentile", None)]
-    colours = _colours(labels)
+    colours = arm_colours(labels)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     hist = data.histories
     for ax, (key, title, divide_by) in zip(axes.ravel(), panels, strict=True):
@@ -154,7 +155,7 @@ def chart_weights(data: SweepData, labels: list[str], out: Path) -> str:
         ax.set_xlabel("generator step")
     axes[0, 0].legend(fontsize=6, ncol=2)
     fig.suptitle("Di-Bregman weights w = h''(r) r before batch normalisation, and the ratio r")
-    return _save(fig, out, "weights")
+    return save_chart(fig, out, "weights")
 
 
 def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out: Path) -> str:
@@ -182,7 +183,7 @@ def chart_samples(data: SweepData, client: MlflowClient, labels: list[str], out:
         ax.imshow(image)
         ax.set_title(title, fontsize=8)
     fig.suptitle("Student samples (one seed per generator)")
-    return _save(fig, out, "samples")
+    return save_chart(fig, out, "samples")
 
 
 def chart_efficiency(data: SweepData, bands: pd.DataFrame, labels: list[str],
@@ -190,7 +191,7 @@ def chart_efficiency(data: SweepData, bands: pd.DataFrame, labels: list[str],
     """The headline against budget per arm: the mean over seeds and its stratified bootstrap
     95 % band (:func:`bench.report.verdicts.curve_bands`), the teacher's own value dashed."""
     top = data.headline
-    colours = _colours(labels)
+    colours = arm_colours(labels)
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for label in labels:
         part = bands[bands.label == label]
@@ -209,7 +210,7 @@ def chart_efficiency(data: SweepData, bands: pd.DataFrame, labels: list[str],
     ax.set_ylabel(f"{top.label}: mean over seeds, 95 % band")
     ax.set_title(f"Sample efficiency: {top.label} ({top.direction} is better) against budget")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out, "efficiency")
+    return save_chart(fig, out, "efficiency")
 
 
 def chart_time_to_target(data: SweepData, frame: pd.DataFrame, reached: pd.Series,
@@ -234,7 +235,7 @@ def chart_time_to_target(data: SweepData, frame: pd.DataFrame, reached: pd.Serie
     goal = f" ({fmt(target.iloc[0])})" if len(target) else ""
     ax.set_xlabel(f"first budget at which {data.headline.label} reaches the target{goal}")
     ax.set_title("Time to target (dots: seeds; bar: median)")
-    return _save(fig, out, "time_to_target")
+    return save_chart(fig, out, "time_to_target")
 
 
 def chart_ratio_check(data: SweepData, out: Path) -> str:
@@ -258,7 +259,7 @@ def chart_ratio_check(data: SweepData, out: Path) -> str:
         ax.set_xlabel("generator step")
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle("Ratio estimate against the truth (mean over runs)")
-    return _save(fig, out, "ratio_check")
+    return save_chart(fig, out, "ratio_check")
 
 
 def chart_search(data: SweepData, out: Path) -> str:
@@ -273,7 +274,7 @@ def chart_search(data: SweepData, out: Path) -> str:
     ax.set_xlabel("α (Amari α-divergence generator)")
     ax.set_ylabel(data.headline.label)
     ax.set_title(f"Search: final {data.headline.label} against α")
-    return _save(fig, out, "alpha")
+    return save_chart(fig, out, "alpha")
 
 
 def draw_charts(data: SweepData, summary: pd.DataFrame, labels: list[str], client: MlflowClient,

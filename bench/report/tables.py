@@ -24,6 +24,7 @@ from dibregman.results import (
     ELAPSED,
     RATIO_CHECK_METRICS,
     Direction,
+    MetricSpec,
     Role,
     Status,
 )
@@ -164,8 +165,9 @@ NO_REFERENCE = "no reference arm"
 
 
 def compare(data: SweepData, labels: list[str], reference: str = REFERENCE,
-            alpha: float = ALPHA, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Every label against ``reference`` on the headline metric, paired by seed.
+            alpha: float = ALPHA, confidence: float = CONFIDENCE,
+            metric: MetricSpec | None = None) -> pd.DataFrame:
+    """Every label against ``reference`` on the headline metric (or ``metric``), paired by seed.
 
     Per label: the mean over its finished seeds and its expanded-percentile bootstrap interval
     (:func:`bench.report.stats.bootstrap_ci`, withheld below ``min_seeds(1 - confidence)``
@@ -184,11 +186,12 @@ def compare(data: SweepData, labels: list[str], reference: str = REFERENCE,
         reference: the arm the others are compared with.
         alpha: family-wise error rate of the verdicts.
         confidence: level of the intervals.
+        metric: a declared final metric to compare on instead of the headline.
 
     Returns:
         One row per label with :data:`COMPARISON_COLUMNS`.
     """
-    top = data.headline
+    top = metric or data.headline
     values = {label: per_seed(data, label, top.key) for label in labels}
     finished = pd.concat([v for v in values.values() if len(v)] or [pd.Series(dtype=float)])
     scale = stats.LOG_RATIO if len(finished) and bool((finished > 0).all()) else \

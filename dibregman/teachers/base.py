@@ -67,12 +67,16 @@ class Teacher(ABC):
         exact_sampler: whether :meth:`sample` draws the distribution exactly, without the
             denoiser (class attribute); otherwise it runs the Heun sampler, and each sample
             costs :attr:`sampler_evaluations` teacher evaluations.
+        text_conditional: whether the conditions are prompts (class attribute): a text-to-image
+            teacher reads the ``text.*`` config keys, every other teacher must leave them at
+            their defaults.
     """
 
     kind: ClassVar[TeacherKind] = TeacherKind.VECTOR
     evaluator: ClassVar[type[Evaluator]] = VectorEvaluator
     exact_density: ClassVar[bool] = False
     exact_sampler: ClassVar[bool] = False
+    text_conditional: ClassVar[bool] = False
     network: nn.Module | None = None
     sigma_min: float
     sigma_max: float

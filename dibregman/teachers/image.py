@@ -55,19 +55,22 @@ def teacher_dir(cfg: ImageTeacherConfig) -> Path:
                                       f"{teacher_key(cfg)}"
 
 
-def build_denoiser(cfg: ImageTeacherConfig, data: ImageDataset) -> Denoiser:
+def build_denoiser(cfg: ImageTeacherConfig, data: ImageDataset, label_dim: int | None = None
+                   ) -> Denoiser:
     """The teacher's architecture for ``data``'s images: ``Denoiser(UNet)``, taking
-    ``data.num_classes`` labels when ``cfg.class_conditional``.
+    ``data.num_classes`` labels when ``cfg.class_conditional``, or labels of width
+    ``label_dim`` when given (a text teacher's embeddings).
 
     Raises:
         DataError: a class-conditional teacher of unlabelled data.
     """
-    label_dim = 0
-    if cfg.class_conditional:
-        if not data.num_classes:
-            raise DataError(f"image_teacher.class_conditional needs labelled images; "
-                            f"{data.name} has no classes")
-        label_dim = data.num_classes
+    if label_dim is None:
+        label_dim = 0
+        if cfg.class_conditional:
+            if not data.num_classes:
+                raise DataError(f"image_teacher.class_conditional needs labelled images; "
+                                f"{data.name} has no classes")
+            label_dim = data.num_classes
     return Denoiser(UNet(data.images.shape[1], cfg.channels, tuple(cfg.channel_mult),
                          label_dim=label_dim), cfg.sigma_data)
 
@@ -101,9 +104,10 @@ class ImageTeacher(Teacher):
         self.sampler_steps = cfg.sampler_steps
         self.shape = tuple(data.images.shape[1:])
         self.num_classes = data.num_classes if cfg.class_conditional else 0
-        if self.num_classes:  # images by class: class c is rows starts[c] ... + counts[c] - 1
+        if data.num_classes:  # images by class: class c is rows starts[c] ... + counts[c] - 1
             self._by_class = torch.argsort(data.labels, stable=True)
-            self._class_counts = torch.bincount(data.labels, minlength=self.num_classes)
+            self._class_counts = torch.bincount(data.labels.clamp(min=0),
+                                                minlength=data.num_classes)
             self._class_starts = torch.cumsum(self._class_counts, 0) - self._class_counts
 
     @classmethod
@@ -144,11 +148,19 @@ class ImageTeacher(Teacher):
         if labels is None:
             index = torch.randint(len(self.data.images), (n,), generator=rng, device=rng.device)
             return self.data.images[index.cpu()].to(self.device)
-        classes = labels.argmax(dim=1).cpu()
-        uniform = torch.rand(n, generator=rng, device=rng.device).cpu()
+        return self.images_of_classes(labels.argmax(dim=1).cpu(), rng)
+
+    def images_of_classes(self, classes: Tensor, rng: torch.Generator) -> Tensor:
+        """One training image of each class ``classes: (n,)``, uniformly among that class's,
+        on the teacher's device."""
+        uniform = torch.rand(len(classes), generator=rng, device=rng.device).cpu()
         offset = (uniform * self._class_counts[classes]).long()
         index = self._by_class[self._class_starts[classes] + offset]
         return self.data.images[index].to(self.device)
+
+
+# ``(index (B,), rng) -> labels (B, ...)`` of the training images ``index`` (on rng's device)
+Conditions = Callable[[Tensor, torch.Generator], Tensor]
 
 
 def train_teacher(
@@ -156,8 +168,13 @@ def train_teacher(
     out_dir: str | Path | None = None,
     device: str = "cpu",
     on_report: Callable[[dict[str, Any]], None] | None = None,
+    conditions: Conditions | None = None,
+    label_dim: int | None = None,
 ) -> Path:
     """Train (or resume training) a teacher; returns its directory.
+
+    A class-conditional teacher takes the one-hot class of each image; ``conditions`` (with its
+    labels' width ``label_dim``) gives other labels, e.g. a text teacher's caption embeddings.
 
     Writes ``config.json``, ``log.jsonl`` (loss every ``log_every`` steps), ``state.pt``
     (resumable: weights, EMA, optimiser, RNG, step) and, at the end, ``teacher.pt`` (the EMA
@@ -170,10 +187,11 @@ def train_teacher(
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     data = load_dataset(cfg.dataset, cfg.data_dir or None)
     images = data.images.to(device)
-    labels = one_hot(data.labels.clamp(min=0), data.num_classes).to(device) \
-        if cfg.class_conditional else None
+    if conditions is None and cfg.class_conditional:
+        classes = one_hot(data.labels.clamp(min=0), data.num_classes).to(device)
+        conditions = lambda index, rng: classes[index]  # noqa: E731 - one line, no state
     rng = torch.Generator(device=device).manual_seed(cfg.seed)
-    network = build_denoiser(cfg, data)
+    network = build_denoiser(cfg, data, label_dim)
     init_parameters(network, torch.Generator().manual_seed(cfg.seed), zero_last=True)
     network.to(device)
     ema = copy.deepcopy(network).requires_grad_(False)
@@ -195,7 +213,7 @@ def train_teacher(
                                                           device=device)).exp()
             noise = torch.randn(x0.shape, generator=rng, device=device)
             denoised = network(x0 + expand_sigma(sigma, x0) * noise, sigma,
-                               None if labels is None else labels[index])
+                               None if conditions is None else conditions(index, rng))
             loss = dsm_loss(denoised, x0, sigma, cfg.sigma_data).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
