@@ -161,7 +161,7 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
     ), _TINY_MLP),
     # Image teachers: students and fake scores start from the teacher (DMD2), lr 1e-4 for all
     # three networks (f-distill at CIFAR scale), EDM's noise range, sigma_init 80.
-    "digits": (Config(
+    "digits": (_DIGITS := Config(
         preset="digits",
         teacher="image",
         # 2500 steps with EMA 0.995 matched 4000 steps with EMA 0.999 (domain FD of 1797
@@ -182,6 +182,14 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         checkpoint_every=50,
         num_threads=0,
     ), _TINY_UNET),
+    # Text-to-image on CPU: the digits teacher conditioned on captions ("a handwritten three",
+    # "3", ...) through a tiny CLIP's text tower, with classifier-free guidance at w = 2; the
+    # student schedule of `digits`.
+    "digits-t2i": (with_overrides(_DIGITS, {
+        "preset": "digits-t2i",
+        "teacher": "text_digits",
+        "text.guidance_scale": 2.0,
+    }), {**_TINY_UNET, "text.encoder_steps": 30}),
     "mnist": (Config(
         preset="mnist",
         teacher="image",
@@ -219,7 +227,7 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         precision="bf16",
         compile=True,
     ), _TINY_UNET),
-    # An imported network cannot be shrunk: the two presets below have no -tiny variants.
+    # An imported network cannot be shrunk: the presets below have no -tiny variants.
     "cifar10-edm": (_CIFAR10_EDM, None),
     # The paper's experiment (Di-Bregman, arXiv 2510.16983, §5): the same schedule on EDM's
     # class-conditional CIFAR-10 teacher (FID 1.79 at 35 evaluations), imported with `bench
@@ -229,6 +237,52 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         "preset": "cifar10-paper",
         "image_teacher.path": "teachers/edm-cifar10-32x32-cond-vp",
         "image_teacher.class_conditional": True,
+    }), None),
+    # FastGen's f-distill recipe on Stable Diffusion 1.5 (fastgen/configs/experiments, SD15
+    # f-distill), teacher `pretrained_text`, imported with `bench teacher import diffusers
+    # stable-diffusion-v1-5 --out teachers/stable-diffusion-v1-5` (docs/teachers.md). Captioned
+    # 512x512 images in data/sd15-captioned (image + same-stem .txt caption) are the prompt set
+    # and, as VAE latents, the ratio estimator's teacher side (FastGen trains on real images).
+    # Guidance 1.75; AdamW lr 1e-5 for student, fake score and ratio network; bf16; global
+    # batch 2048; GAN weight 1e-3 (FastGen's discriminator on teacher features is our ratio
+    # network). FastGen's student_update_freq 10 updates the student on every 10th of its
+    # 100,000 iterations and the critic on the other 9: 10,000 student steps of 9 critic steps
+    # each. Its fake score predicts x0, as ours does (an EDM denoiser). Its t ~ U(0.001, 0.999)
+    # is the step tau = 1000 t of the 1000-step table, uniform in [1, 999]: sigma from
+    # sigma_1 = 0.0413 to sigma_999 = 14.61. Our levels are a Karras grid drawn uniformly by
+    # index: with that range exactly, rho = 4 is the closest grid (Kolmogorov-Smirnov distance
+    # 0.11 between the two laws of sigma; medians 2.09 against 1.62, deciles 0.13 / 10.6 against
+    # 0.35 / 8.3: a little more weight at both ends). The student starts at sigma_init = 14.61
+    # (FastGen's max_t). EMA 0.999 and the evaluation sizes are ours.
+    "sd15-fdistill": (with_overrides(Config(), {
+        "preset": "sd15-fdistill",
+        "teacher": "pretrained_text",
+        "image_teacher.path": "teachers/stable-diffusion-v1-5",
+        "text.prompts": "folder:data/sd15-captioned",
+        "text.guidance_scale": 1.75,
+        "ratio.teacher_side": "data",
+        "train.generator_steps": 10_000,
+        "train.critic_steps_per_generator_step": 9,
+        "train.fake_warmup_steps": 0,
+        "train.batch_size": 2048,
+        "train.lr": 1e-5,
+        "train.gan_weight": 1e-3,
+        "train.ema_decay": 0.999,
+        "train.sigma_min": 0.0413,
+        "train.sigma_max": 14.61,
+        "train.rho": 4.0,
+        "train.sigma_grid_size": 1000,
+        "train.sigma_quantile_low": 0.0,
+        "train.sigma_quantile_high": 1.0,
+        "train.sigma_init": 14.61,
+        "eval.every": 1000,
+        "eval.n_curve": 1000,
+        "eval.n_final": 5000,
+        "log_every": 100,
+        "checkpoint_every": 1000,
+        "num_threads": 0,
+        "device": "auto",
+        "precision": "bf16",
     }), None),
 }
 

@@ -70,12 +70,14 @@ def test_every_preset_is_valid_and_has_a_tiny_variant_but_the_imported_teachers(
         validate(get_preset(name))
         base = name.removesuffix("-tiny")
         has_tiny = f"{base}-tiny" in preset_names()
-        assert has_tiny == (get_preset(base).teacher != "pretrained"), name
+        imported = get_preset(base).teacher in ("pretrained", "pretrained_text")
+        assert has_tiny == (not imported), name
 
 
 def test_unknown_preset_lists_valid():
     with pytest.raises(ConfigError, match="valid: cifar10, cifar10-edm, cifar10-paper, "
-                                          "cifar10-tiny, digits, digits-tiny"):
+                                          "cifar10-tiny, digits, digits-t2i, digits-t2i-tiny, "
+                                          "digits-tiny"):
         get_preset("gmm3d")
 
 

@@ -15,16 +15,32 @@ from dibregman.results import Status
 
 
 def print_probe(spec: SweepSpec, steps: int) -> None:
-    """Time ``steps`` generator steps of the spec's first trial; print the estimated cost."""
-    from dibregman.probe import probe
+    """Time ``steps`` generator steps of the spec's first trial, or for an imported
+    text-to-image teacher count their FLOPs on a stand-in; print the estimated cost."""
+    from dibregman.probe import flop_probe, probe, uses_flop_probe
 
     cfg = with_overrides(spec.base_config(), spec.trials()[0])
+    runs = len(spec.trials()) if spec.search is None else spec.search.num_samples
+    if uses_flop_probe(cfg):
+        with console.status(f"counting the FLOPs of {steps} generator steps of the first trial"):
+            try:
+                counted = flop_probe(cfg, steps)
+            except (ValueError, ConfigError, OSError) as err:
+                raise fail(f"probe: {err}") from None
+        hours = counted.run_hours(cfg) * runs
+        console.print(f"FLOP probe: {counted.flops_per_step:.3g} FLOPs per generator step; "
+                      f"{cfg.train.generator_steps} steps per run x {runs} runs = about "
+                      f"{hours:.3g} device-hours of training at {counted.mfu:.0%} MFU of "
+                      f"{counted.peak_flops / 1e12:.0f} TFLOP/s (evaluations not included)",
+                      highlight=False)
+        for note in counted.notes:
+            console.print(f"  {note}", highlight=False, soft_wrap=True)
+        return
     with console.status(f"probing {steps} generator steps of the first trial"):
         try:
             measured = probe(cfg, steps)
         except (ValueError, ConfigError, OSError) as err:
             raise fail(f"probe: {err}") from None
-    runs = len(spec.trials()) if spec.search is None else spec.search.num_samples
     hours = measured.run_hours(cfg) * runs
     console.print(f"probe on {measured.device}: {measured.seconds_per_step:.3g} s per generator "
                   f"step ({measured.steps} timed); {cfg.train.generator_steps} steps per run x "

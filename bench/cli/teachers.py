@@ -117,11 +117,17 @@ def import_edm_(
 
 @import_app.command("diffusers")
 def import_diffusers_(
-    folder: Annotated[Path, typer.Argument(help="A local diffusers save_pretrained folder "
-                                                "(unet/ and scheduler/).")],
+    folder: Annotated[Path, typer.Argument(help="A local diffusers save_pretrained folder: "
+                                                "unet/ and scheduler/, or a text-to-image "
+                                                "pipeline (model_index.json, unet/, "
+                                                "scheduler/, text_encoder/, tokenizer/, vae/).")],
     out: Annotated[Path, typer.Option(help="Directory to write the imported teacher into.")],
 ) -> None:
-    """Import a diffusers UNet2DModel with its scheduler as an EDM-convention denoiser."""
+    """Import a diffusers UNet2DModel with its scheduler, or a text-to-image pipeline (Stable
+    Diffusion layout, safetensors only; teacher `pretrained_text`), as an EDM-convention
+    denoiser."""
+    from dibregman.pretrained.diffusers_text import import_diffusers_text, is_text_pipeline
     from dibregman.pretrained.diffusers_unet import import_diffusers
 
-    run_import(lambda: import_diffusers(folder, out), folder)
+    importer = import_diffusers_text if is_text_pipeline(folder) else import_diffusers
+    run_import(lambda: importer(folder, out), folder)

@@ -20,6 +20,7 @@ from dibregman.pretrained.store import CheckpointError, load_weights, read_recor
 FORMATS = {
     "edm": "dibregman.pretrained.edm",
     "diffusers": "dibregman.pretrained.diffusers_unet",
+    "diffusers_text": "dibregman.pretrained.diffusers_text",
 }
 
 

@@ -171,14 +171,18 @@ class DiffusersDenoiser(nn.Module):
             cannot convert.
     """
 
+    # The diffusers network class this wrapper converts (a subclass may take another one).
+    unet_class = "UNet2DModel"
+
     def __init__(self, unet: nn.Module, scheduler: Any) -> None:
         super().__init__()
         name = type(scheduler).__name__
         if name not in VP_SCHEDULERS + EDM_SCHEDULERS:
             raise CheckpointError(f"unsupported diffusers scheduler {name!r}; supported: "
                                   f"{_supported()}")
-        if type(unet).__name__ != "UNet2DModel":
-            raise CheckpointError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
+        if type(unet).__name__ != self.unet_class:
+            raise CheckpointError(f"expected a diffusers {self.unet_class}, got "
+                                  f"{type(unet).__name__}")
         self.unet = unet
         self.scheduler = scheduler
         self.schedule = "edm" if name in EDM_SCHEDULERS else "vp"

@@ -2,7 +2,8 @@
 
 Built-in: ``mixture`` (the analytic Gaussian mixture of ``cfg.mixture``; the ``gmm2d`` and
 ``gmm16d`` presets are two of them), ``image`` (the EDM image teacher of
-``cfg.image_teacher``) and ``pretrained`` (a network imported by ``bench teacher import``).
+``cfg.image_teacher``), ``pretrained`` (a network imported by ``bench teacher import``) and
+``text_digits`` (a text-to-image digits teacher this package trains, :mod:`.text_image`).
 Add a teacher with :func:`register_teacher`, or ship it in your own package under the
 ``dibregman.teachers`` entry-point group, which every process (``bench run``, ``bench sweep``
 and its Ray workers, a resumed run) reads on its first lookup::
@@ -30,6 +31,8 @@ from dibregman.teachers.base import Teacher, TeacherKind
 from dibregman.teachers.image import ImageTeacher
 from dibregman.teachers.mixture import GaussianMixtureTeacher
 from dibregman.teachers.pretrained import PretrainedTeacher
+from dibregman.teachers.text_image import TextDigitsTeacher
+from dibregman.teachers.text_pretrained import PretrainedTextTeacher
 
 ENTRY_POINT_GROUP = "dibregman.teachers"
 
@@ -132,3 +135,5 @@ def teacher_for(cfg: Config, device: str | torch.device = "cpu") -> Teacher:
 register_teacher("mixture", GaussianMixtureTeacher, source="built-in")
 register_teacher("image", ImageTeacher, source="built-in")
 register_teacher("pretrained", PretrainedTeacher, source="built-in")
+register_teacher("text_digits", TextDigitsTeacher, source="built-in")
+register_teacher("pretrained_text", PretrainedTextTeacher, source="built-in")
