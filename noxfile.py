@@ -87,3 +87,12 @@ def reports(session: nox.Session) -> None:
     for name in names:
         shutil.rmtree(f"reports/{name}", ignore_errors=True)
         shutil.copytree(f"runs/example/reports/{name}", f"reports/{name}")
+
+
+@nox.session(python=False)
+def gpu(session: nox.Session) -> None:
+    """The accelerator table of `benchmarks/gpu.py`: a cifar10 distillation iteration (time,
+    MFU, peak memory; bf16, torch.compile), a tiny text-to-image step, and torchrun DDP against
+    one process (under 10 minutes on one H100; CPU-sized without CUDA, one to two minutes;
+    `nox -s gpu -- --tiny` forces that)."""
+    session.run(PYTHON, "benchmarks/gpu.py", *session.posargs)
