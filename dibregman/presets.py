@@ -183,12 +183,20 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         num_threads=0,
     ), _TINY_UNET),
     # Text-to-image on CPU: the digits teacher conditioned on captions ("a handwritten three",
-    # "3", ...) through a tiny CLIP's text tower, with classifier-free guidance at w = 2; the
-    # student schedule of `digits`.
+    # "3", ...) through a tiny CLIP's text tower, with classifier-free guidance at w = 2 (teacher:
+    # domain FD 0.39, CLIP score 69.0, prompt accuracy 1.00; unguided 0.08, 67.2, 0.98). The
+    # `digits` schedule at a third of its cost, so a sweep of 48 runs fits an hour on 2 cores:
+    # batch 64, 2 critic steps, 200 student steps, 1024 regression pairs (reverse KL, seed 0,
+    # 300 steps and 2048 pairs: FD 0.98, 2.5 x the teacher's, CLIP score 68.9).
     "digits-t2i": (with_overrides(_DIGITS, {
         "preset": "digits-t2i",
         "teacher": "text_digits",
         "text.guidance_scale": 2.0,
+        "train.batch_size": 64,
+        "train.critic_steps_per_generator_step": 2,
+        "train.generator_steps": 200,
+        "train.regression_pairs": 1024,
+        "num_threads": 1,
     }), {**_TINY_UNET, "text.encoder_steps": 30}),
     "mnist": (Config(
         preset="mnist",
@@ -260,6 +268,9 @@ _BASE_PRESETS: dict[str, tuple[Config, dict[str, Any] | None]] = {
         "image_teacher.path": "teachers/stable-diffusion-v1-5",
         "text.prompts": "folder:data/sd15-captioned",
         "text.guidance_scale": 1.75,
+        # The CLIP score's model: `huggingface-cli download openai/clip-vit-large-patch14 --include
+        # '*.json' '*.txt' '*.safetensors' --local-dir models/clip-vit-large-patch14`
+        "text.clip_model": "models/clip-vit-large-patch14",
         "ratio.teacher_side": "data",
         "train.generator_steps": 10_000,
         "train.critic_steps_per_generator_step": 9,
