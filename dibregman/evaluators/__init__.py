@@ -11,11 +11,18 @@ training, ``final`` once). A teacher class names its evaluator (``Teacher.evalua
   mode statistics.
 * :class:`ImageEvaluator`: image teachers: domain-classifier FD, feature precision / recall,
   class coverage and optional Inception FID.
+* :class:`TextImageEvaluator`: the text-to-image digits task: the image metrics with each
+  prompt's digit as its class, and the CLIP score of prompt agreement.
+* :class:`PipelineEvaluator`: imported text-to-image pipelines: FD of pooled decoded images
+  against the teacher's own samples, and the CLIP score in the CLIP model of ``text.clip_model``.
 """
 
 from dibregman.evaluators.base import Evaluator
 from dibregman.evaluators.image import ImageEvaluator
 from dibregman.evaluators.mixture import MixtureEvaluator
+from dibregman.evaluators.pipeline import PipelineEvaluator
+from dibregman.evaluators.text_image import TextImageEvaluator
 from dibregman.evaluators.vector import VectorEvaluator
 
-__all__ = ["Evaluator", "ImageEvaluator", "MixtureEvaluator", "VectorEvaluator"]
+__all__ = ["Evaluator", "ImageEvaluator", "MixtureEvaluator", "PipelineEvaluator",
+           "TextImageEvaluator", "VectorEvaluator"]
