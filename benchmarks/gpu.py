@@ -131,11 +131,14 @@ def cifar_iteration(tiny: bool, repeats: int) -> Row:
                peak_memory_mib(device))
 
 
-def text_config(teacher_dir: Path, prompts: Path, device: torch.device, batch: int) -> Config:
-    """One critic and one student step of an imported text-to-image teacher (guidance 1.75)."""
+def text_config(teacher_dir: Path, prompts: Path, clip: Path, device: torch.device,
+                batch: int) -> Config:
+    """One critic and one student step of an imported text-to-image teacher (guidance 1.75),
+    ``clip`` the CLIP folder of its evaluator."""
     return with_overrides(Config(), {
         "teacher": "pretrained_text", "image_teacher.path": str(teacher_dir),
         "image_teacher.sampler_steps": 2, "text.prompts": f"file:{prompts}",
+        "text.clip_model": str(clip),
         "text.guidance_scale": 1.75, "ratio.teacher_side": "teacher",
         "train.batch_size": batch, "train.regression_pairs": batch,
         "train.critic_steps_per_generator_step": 1, "train.fake_warmup_steps": 0,
@@ -146,6 +149,7 @@ def text_config(teacher_dir: Path, prompts: Path, device: torch.device, batch: i
 
 def text_to_image_step(tiny: bool, repeats: int, scratch: Path) -> Row:
     """Row 2: seconds and peak memory of one iteration on a tiny SD-layout pipeline."""
+    from dibregman.metrics.clip import save_tiny_clip
     from dibregman.pretrained.diffusers_text import import_diffusers_text, save_tiny_pipeline
 
     device = torch.device("cpu") if tiny else resolve_device("auto")
@@ -154,7 +158,7 @@ def text_to_image_step(tiny: bool, repeats: int, scratch: Path) -> Row:
     prompts = scratch / "prompts.txt"
     prompts.write_text("\n".join(TEXT_PROMPTS) + "\n")
     batch = 4 if tiny else 64
-    cfg = text_config(teacher_dir, prompts, device, batch)
+    cfg = text_config(teacher_dir, prompts, save_tiny_clip(scratch / "clip"), device, batch)
     distiller = Distiller(cfg, teacher_for(cfg, device))
     distiller.step()  # warm-up
     reset_peak_memory(device)

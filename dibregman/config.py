@@ -101,8 +101,9 @@ class TextConfig:
         embed_dim: width of the ``text_digits`` teacher's tiny text encoder.
         encoder_steps: contrastive training steps of the tiny text encoder (a CLIP of its own).
         clip_model: the CLIP model of the CLIP score: a local folder in transformers'
-            ``save_pretrained`` layout; "" uses the package's own tiny CLIP of the captioned data
-            (``text_digits``), trained apart from the teacher's text encoder.
+            ``save_pretrained`` layout (:mod:`dibregman.metrics.clip`); "" uses the package's
+            own tiny CLIP of the captioned data (``text_digits`` only, trained apart from the
+            teacher's text encoder). An imported pipeline (``pretrained_text``) needs a folder.
     """
 
     prompts: str = "templates"

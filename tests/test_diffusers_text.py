@@ -5,6 +5,7 @@ diffusers and transformers themselves, CPU, offline."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from dibregman.config import Config, with_overrides  # noqa: E402
 from dibregman.distill import Distiller  # noqa: E402
+from dibregman.metrics.clip import ClipScorer, ClipUnavailable, save_tiny_clip  # noqa: E402
 from dibregman.pretrained import load_imported, read_record  # noqa: E402
 from dibregman.pretrained.diffusers_text import (  # noqa: E402
     DiffusersTextDenoiser,
@@ -21,6 +23,7 @@ from dibregman.pretrained.diffusers_text import (  # noqa: E402
     save_tiny_pipeline,
 )
 from dibregman.pretrained.store import CheckpointError  # noqa: E402
+from dibregman.results import Stage  # noqa: E402
 from dibregman.teachers import teacher_for  # noqa: E402
 
 PROMPTS = ["a red cat", "two dogs", "a blue house"]
@@ -28,19 +31,28 @@ PROMPTS = ["a red cat", "two dogs", "a blue house"]
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    """A tiny latent-space pipeline (epsilon, DDPM schedule), its import and a prompt file."""
+    """A tiny latent-space pipeline (epsilon, DDPM schedule), its import and a prompt file; a
+    tiny CLIP beside the import (:func:`clip_folder`)."""
     root = tmp_path_factory.mktemp("text")
     source = save_tiny_pipeline(root / "pipeline", vae=True)
     out = import_diffusers_text(source, root / "teacher")
+    save_tiny_clip(clip_folder(out))
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n\n")
     return source, out, root / "prompts.txt"
 
 
+def clip_folder(out) -> Path:
+    """The tiny CLIP of the import ``out``: its sibling folder ``clip``."""
+    return Path(out).parent / "clip"
+
+
 def tiny_config(out, prompts_file, **extra) -> Config:
-    """One critic and one student step of the imported teacher at batch 4, guided at 1.75."""
+    """One critic and one student step of the imported teacher at batch 4, guided at 1.75,
+    scored by the tiny CLIP beside the import."""
     return with_overrides(Config(), {
         "teacher": "pretrained_text", "image_teacher.path": str(out),
         "image_teacher.sampler_steps": 2, "text.prompts": f"file:{prompts_file}",
+        "text.clip_model": str(clip_folder(out)),
         "text.guidance_scale": 1.75, "ratio.teacher_side": "teacher",
         "train.batch_size": 4, "train.critic_steps_per_generator_step": 1,
         "train.fake_warmup_steps": 0, "train.sigma_min": 0.03, "train.sigma_max": 14.0,
@@ -280,7 +292,7 @@ def test_sd15_dry_run_counts_the_real_architecture():
 
 def test_evaluator_reference_is_the_teachers_samples_of_the_documented_latents(imported,
                                                                               tmp_path):
-    """The minimal evaluator's pooled-pixel FD is ~0 for the teacher's samples of the latents of
+    """The evaluator's pooled-pixel FD is ~0 for the teacher's samples of the latents of
     seed eval.seed + 1 (prompts i mod C) it documents as its reference, and far from 0 for
     decoded Gaussian noise; the plot is a PNG."""
     _, out, prompts_file = imported
@@ -296,3 +308,46 @@ def test_evaluator_reference_is_the_teachers_samples_of_the_documented_latents(i
     print(f"fd_pixels: the reference's own samples {fd_same:.3g}, noise {fd_noise:.4g}")
     assert abs(fd_same) < 1e-3 * fd_noise
     assert evaluator.plot(same, tmp_path / "samples.png", "t").stat().st_size > 0
+
+
+def test_evaluator_clip_score_is_the_mean_clip_score_of_decoded_samples(imported):
+    """clip_score_n{N} is the mean per-pair CLIP score of the decoded samples and their prompts,
+    i mod C by default, the given prompt ids in `final`; in [0, 100]; NaN, as the FD, for a
+    non-finite sample. The curve's keys are the declared curve metrics."""
+    _, out, prompts_file = imported
+    cfg = with_overrides(tiny_config(out, prompts_file), {"eval.n_curve": 8})
+    teacher = teacher_for(cfg)
+    evaluator = teacher.build_evaluator(cfg)
+    samples = torch.randn(8, *teacher.shape, generator=torch.Generator().manual_seed(3))
+    scorer, images = ClipScorer(clip_folder(out)), teacher.decode(samples)
+    curve = evaluator.curve(samples)
+    declared = {spec.key for spec in evaluator.metrics(cfg.eval) if spec.stage is Stage.CURVE}
+    assert set(curve) == declared == {"fd_pixels_n8", "clip_score_n8"}
+    default = scorer.score(images, [PROMPTS[i % len(PROMPTS)] for i in range(8)])
+    labels = torch.tensor([2, 2, 1, 0, 0, 1, 2, 0])
+    given = scorer.score(images, [PROMPTS[k] for k in labels])
+    final = evaluator.final(samples, labels)["clip_score_n8"]
+    print(f"clip_score: i mod C {curve['clip_score_n8']:.6g} (direct {float(default.mean()):.6g}), "
+          f"given prompts {final:.6g} (direct {float(given.mean()):.6g})")
+    assert curve["clip_score_n8"] == pytest.approx(float(default.mean()), rel=1e-5, abs=1e-6)
+    assert final == pytest.approx(float(given.mean()), rel=1e-5, abs=1e-6)
+    assert 0 < curve["clip_score_n8"] <= 100 and 0 <= final <= 100
+    assert str(clip_folder(out)) in evaluator.protocol["clip_score"]
+    samples[5, 0, 0, 0] = float("nan")
+    assert all(math.isnan(v) for v in evaluator.final(samples).values())
+
+
+def test_clip_model_is_required_and_checked_before_training(imported, tmp_path):
+    """An empty text.clip_model stops the teacher's build, saying how to get a CLIP folder; an
+    absent folder stops the evaluator's (built before any training step)."""
+    _, out, prompts_file = imported
+    with pytest.raises(ValueError) as refused:
+        teacher_for(tiny_config(out, prompts_file, **{"text.clip_model": ""}))
+    message = str(refused.value)
+    assert ("the CLIP score of an imported text-to-image teacher needs a local CLIP folder"
+            in message)
+    assert "huggingface-cli download openai/clip-vit-large-patch14" in message
+    assert "--set text.clip_model=DIR" in message
+    cfg = tiny_config(out, prompts_file, **{"text.clip_model": str(tmp_path / "no-clip")})
+    with pytest.raises(ClipUnavailable, match="no-clip does not exist"):
+        teacher_for(cfg).build_evaluator(cfg)

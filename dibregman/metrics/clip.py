@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 CLIP_CONFIG_KEY = "text.clip_model"
-_DOWNLOAD_HINT = (
+DOWNLOAD_HINT = (
     "on a machine with internet, download a CLIP model with `huggingface-cli download "
     "openai/clip-vit-large-patch14 --include '*.json' '*.txt' '*.safetensors' --local-dir DIR` "
     f"and pass DIR as {CLIP_CONFIG_KEY} (`--set {CLIP_CONFIG_KEY}=DIR`, or `--clip-model DIR` "
@@ -75,23 +75,23 @@ def check_clip_folder(folder: str | Path) -> Path:
     path = Path(folder)
     if not str(folder):
         raise ClipUnavailable(f"no CLIP model folder given ({CLIP_CONFIG_KEY} is empty); "
-                              f"{_DOWNLOAD_HINT}")
+                              f"{DOWNLOAD_HINT}")
     if not path.is_dir():
-        raise ClipUnavailable(f"CLIP model folder {path} does not exist; {_DOWNLOAD_HINT}")
+        raise ClipUnavailable(f"CLIP model folder {path} does not exist; {DOWNLOAD_HINT}")
     # transformers 5 builds an empty tokenizer, and a default image processor, when their files
     # are missing, and would score silently with them: each part's files are required here.
     for part, alternatives in _REQUIRED_FILES.items():
         if not any(all((path / name).is_file() for name in names) for names in alternatives):
             wanted = " or ".join(" + ".join(names) for names in alternatives)
             raise ClipUnavailable(f"CLIP model folder {path} is incomplete: no {part} "
-                                  f"({wanted}); {_DOWNLOAD_HINT}")
+                                  f"({wanted}); {DOWNLOAD_HINT}")
     if not any((path / name).is_file()
                for name in ("model.safetensors", "model.safetensors.index.json")):
         pickled = sorted(p.name for p in path.glob("*.bin"))
         held = (f"it holds only pickled weights ({', '.join(pickled)}), which are not loaded "
                 f"(unpickling can run code)" if pickled else "it has no model.safetensors")
         raise ClipUnavailable(f"CLIP model folder {path} has no safetensors weights: {held}; "
-                              f"{_DOWNLOAD_HINT}")
+                              f"{DOWNLOAD_HINT}")
     return path
 
 
@@ -115,7 +115,7 @@ def _load(folder: str, device: str) -> tuple[object, object, object]:
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ClipUnavailable(f"CLIP model folder {folder} cannot be loaded ({first}); "
-                              f"{_DOWNLOAD_HINT}") from None
+                              f"{DOWNLOAD_HINT}") from None
     model = model.to(device).eval().requires_grad_(False)
     return model, tokenizer, processor
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from dibregman.config import Config
 from dibregman.data import IMAGE_SUFFIXES
 from dibregman.evaluators import PipelineEvaluator
-from dibregman.metrics.clip import _DOWNLOAD_HINT
+from dibregman.metrics.clip import DOWNLOAD_HINT
 from dibregman.noise import expand_sigma
 from dibregman.pretrained import load_imported, read_record
 from dibregman.pretrained.diffusers_text import (
@@ -183,7 +183,7 @@ class PretrainedTextTeacher(Teacher):
         if not text.clip_model:
             raise ValueError(f"teacher 'pretrained_text' needs text.clip_model: the CLIP score "
                              f"of an imported text-to-image teacher needs a local CLIP folder; "
-                             f"{_DOWNLOAD_HINT}")
+                             f"{DOWNLOAD_HINT}")
         prompts, captions, paths = read_prompts(text.prompts)
         if paths is None and cfg.ratio.teacher_side == "data":
             raise ValueError(f"text.prompts {text.prompts!r} gives prompts but no images, so the "
