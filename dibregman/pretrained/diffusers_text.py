@@ -77,6 +77,7 @@ from dibregman.pretrained.diffusers_unet import (
     DiffusersDenoiser,
     _json_config,
     _require_diffusers,
+    denoiser_record,
     scheduler_class,
 )
 from dibregman.pretrained.store import (
@@ -301,16 +302,7 @@ def import_diffusers_text(folder: str | Path, out_dir: str | Path) -> Path:
     weights = {"unet": unet_weights, "text_encoder": text_weights, "vae": vae_weights}
     record = {
         "format": FORMAT,
-        "unet_config": _json_config(unet),
-        "scheduler_class": sched_name,
-        "scheduler_config": _json_config(scheduler),
-        "prediction_type": network.prediction_type,
-        "schedule": network.schedule,
-        "sigma_min": network.sigma_min,
-        "sigma_max": network.sigma_max,
-        "label_dim": network.label_dim,
-        "img_resolution": network.img_resolution,
-        "img_channels": network.img_channels,
+        **denoiser_record(network, unet, sched_name, scheduler),
         "text_encoder_config": json.loads(text_encoder.config.to_json_string()),
         "vae_config": None if vae is None else _json_config(vae),
         "vae_scaling_factor": None if vae is None else float(vae.config.scaling_factor),

@@ -410,6 +410,25 @@ def _load_unet(unet_dir: Path) -> tuple[nn.Module, Path]:
     return unet, weights
 
 
+def denoiser_record(network: DiffusersDenoiser, unet: nn.Module, scheduler_name: str,
+                    scheduler: Any) -> dict[str, Any]:
+    """What every diffusers import records of its denoiser: the U-Net's and the scheduler's
+    configs, the parameterisation, the noise schedule and range, the label width and the
+    sample shape."""
+    return {
+        "unet_config": _json_config(unet),
+        "scheduler_class": scheduler_name,
+        "scheduler_config": _json_config(scheduler),
+        "prediction_type": network.prediction_type,
+        "schedule": network.schedule,
+        "sigma_min": network.sigma_min,
+        "sigma_max": network.sigma_max,
+        "label_dim": network.label_dim,
+        "img_resolution": network.img_resolution,
+        "img_channels": network.img_channels,
+    }
+
+
 def import_diffusers(folder: str | Path, out_dir: str | Path) -> Path:
     """Import a diffusers ``UNet2DModel`` + scheduler folder into ``out_dir``; returns it.
 
@@ -444,16 +463,7 @@ def import_diffusers(folder: str | Path, out_dir: str | Path) -> Path:
         raise CheckpointError(f"{folder}: unsupported configuration: {err}") from None
     record = {
         "format": "diffusers",
-        "unet_config": _json_config(unet),
-        "scheduler_class": name,
-        "scheduler_config": _json_config(scheduler),
-        "prediction_type": network.prediction_type,
-        "schedule": network.schedule,
-        "sigma_min": network.sigma_min,
-        "sigma_max": network.sigma_max,
-        "label_dim": network.label_dim,
-        "img_resolution": network.img_resolution,
-        "img_channels": network.img_channels,
+        **denoiser_record(network, unet, name, scheduler),
         "source": {"path": str(folder.resolve()), "weights": str(weights.relative_to(folder)),
                    "sha256": file_sha256(weights)},
     }

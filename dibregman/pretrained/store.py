@@ -120,3 +120,18 @@ def read_json_object(path: Path) -> dict[str, Any]:
 def load_weights(directory: str | Path) -> dict[str, Tensor]:
     """The ``state_dict`` stored in ``directory``'s ``model.safetensors`` (on the CPU)."""
     return load_file(str(Path(directory) / WEIGHTS_FILE))
+
+
+def noise_range(sigma_min: float, sigma_max: float, record: dict[str, Any]) -> tuple[float, float]:
+    """A config's ``[sigma_min, sigma_max]`` clipped to the imported network's range where its
+    record states one (as EDM's sampler clips its 0.002 ... 80 to a VP network's range).
+
+    Raises:
+        ValueError: the two ranges do not overlap.
+    """
+    low = max(sigma_min, record.get("sigma_min") or 0.0)
+    high = min(sigma_max, record.get("sigma_max") or float("inf"))
+    if not low < high:
+        raise ValueError(f"the noise range [{sigma_min}, {sigma_max}] does not overlap the "
+                         f"network's [{record.get('sigma_min')}, {record.get('sigma_max')}]")
+    return low, high

@@ -21,6 +21,7 @@ import torch
 from dibregman.config import Config
 from dibregman.data import load_dataset
 from dibregman.pretrained import load_imported, read_record
+from dibregman.pretrained.store import noise_range
 from dibregman.teachers.image import ImageTeacher
 
 
@@ -52,12 +53,7 @@ class PretrainedTeacher(ImageTeacher):
         if None not in expected and shape != expected:
             raise ValueError(f"{image.path} models {'x'.join(map(str, expected))} images, but "
                              f"dataset {image.dataset!r} has {'x'.join(map(str, shape))}")
-        sigma_min = max(image.sigma_min, record.get("sigma_min") or 0.0)
-        sigma_max = min(image.sigma_max, record.get("sigma_max") or float("inf"))
-        if not sigma_min < sigma_max:
-            raise ValueError(f"the noise range [{image.sigma_min}, {image.sigma_max}] does not "
-                             f"overlap the network's [{record.get('sigma_min')}, "
-                             f"{record.get('sigma_max')}]")
+        sigma_min, sigma_max = noise_range(image.sigma_min, image.sigma_max, record)
         resolved = dataclasses.replace(image, sigma_min=sigma_min, sigma_max=sigma_max,
                                        sigma_data=record.get("sigma_data") or image.sigma_data)
         return cls(load_imported(image.path), data, resolved).to(device)

@@ -43,6 +43,7 @@ from dibregman.pretrained.diffusers_text import (
     load_text_encoder,
     load_vae,
 )
+from dibregman.pretrained.store import noise_range
 from dibregman.teachers.base import Teacher, TeacherKind
 
 
@@ -191,12 +192,7 @@ class PretrainedTextTeacher(Teacher):
                              f"set ratio.teacher_side=teacher, or text.prompts=folder:PATH "
                              f"(captioned images)")
         record = read_record(image.path)
-        sigma_min = max(image.sigma_min, record.get("sigma_min") or 0.0)
-        sigma_max = min(image.sigma_max, record.get("sigma_max") or float("inf"))
-        if not sigma_min < sigma_max:
-            raise ValueError(f"the noise range [{image.sigma_min}, {image.sigma_max}] does not "
-                             f"overlap the network's [{record.get('sigma_min')}, "
-                             f"{record.get('sigma_max')}]")
+        sigma_min, sigma_max = noise_range(image.sigma_min, image.sigma_max, record)
         teacher = cls(image.path, prompts, text.guidance_scale, (sigma_min, sigma_max),
                       record.get("sigma_data") or image.sigma_data, image.sampler_steps,
                       text.clip_model)
