@@ -64,7 +64,7 @@ def docs(session: nox.Session) -> None:
 
 # The committed reports: the default sweep and the scenario ladder (docs/tasks.md).
 EXAMPLE_SWEEPS = ["divergences", "scenario-small-student", "scenario-weak-ratio",
-                  "scenario-imbalanced", "scenario-oracle"]
+                  "scenario-imbalanced", "scenario-oracle", "text-to-image"]
 
 
 @nox.session(python=False)
@@ -74,7 +74,8 @@ def reports(session: nox.Session) -> None:
     reports/NAME/. Run it on a clean checkout of the final code (commit first): sweeps and
     reports record the code's git revision, `+dirty` when the tree had changes, so the reports
     are built outside the tree (runs/example/reports/, ignored) and move into reports/ only
-    after the last sweep. About 50 minutes on 2 cores for all five."""
+    after the last sweep. About two hours on 2 cores for all six (text-to-image alone: 70
+    minutes)."""
     bench = str(Path(PYTHON).parent / "bench")
     names = session.posargs or EXAMPLE_SWEEPS
     for name in names:
