@@ -231,8 +231,8 @@ def cached_clip(images: Tensor, digits: Tensor, prompts: PromptSet, embed_dim: i
     key.update(images.contiguous().numpy().tobytes())
     key.update(digits.contiguous().numpy().tobytes())
     path = cache_root() / "text" / f"clip-{key.hexdigest()[:16]}.pt"
-    model = TinyClip(images.shape[1], embed_dim, width)
     if path.exists():
+        model = TinyClip(images.shape[1], embed_dim, width)
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval().requires_grad_(False)
     model = train_clip(images, digits, prompts, embed_dim, steps, seed, width)

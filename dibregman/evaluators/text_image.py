@@ -100,10 +100,15 @@ class TextImageEvaluator(ImageEvaluator):
         return self._with_prompts(super().budget, samples, labels)
 
     def _with_prompts(self, measure, samples: Tensor, labels: Tensor | None) -> dict[str, float]:
-        prompt_ids = (evaluation_labels(len(samples), len(self.prompts)) if labels is None
-                      else labels.cpu())
-        return {**measure(samples, self.prompts.digits[prompt_ids]),
-                **self.clip_score(samples, prompt_ids)}
+        """``measure`` (the image evaluator's, which includes :meth:`curve`'s CLIP score of the
+        prompts ``i mod C``) with the prompts' digits as classes; the CLIP score again only
+        when ``labels`` are other prompts."""
+        default = evaluation_labels(len(samples), len(self.prompts))
+        prompt_ids = default if labels is None else labels.cpu()
+        metrics = measure(samples, self.prompts.digits[prompt_ids])
+        if not torch.equal(prompt_ids, default):
+            metrics.update(self.clip_score(samples, prompt_ids))
+        return metrics
 
     def plot(self, samples: Tensor, path: Path, title: str) -> Path:
         """The first 80 evaluation samples in 10 columns: column ``d`` is digit ``d`` (prompt

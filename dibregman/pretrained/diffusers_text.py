@@ -77,6 +77,7 @@ from dibregman.pretrained.diffusers_unet import (
     DiffusersDenoiser,
     _json_config,
     _require_diffusers,
+    build_denoiser,
     denoiser_record,
     scheduler_class,
 )
@@ -346,13 +347,7 @@ def _save_state(module: nn.Module, path: Path) -> None:
 def build(record: dict[str, Any]) -> DiffusersTextDenoiser:
     """The :class:`DiffusersTextDenoiser` of an import's record, freshly initialised
     (:func:`dibregman.pretrained.load_imported` loads the imported weights into it)."""
-    diffusers = _require_diffusers()
-    for key in ("unet_config", "scheduler_class", "scheduler_config"):
-        if key not in record:
-            raise CheckpointError(f"a {FORMAT} architecture record needs {key!r}")
-    unet = diffusers.UNet2DConditionModel.from_config(record["unet_config"])
-    scheduler = scheduler_class(record["scheduler_class"]).from_config(record["scheduler_config"])
-    return DiffusersTextDenoiser(unet, scheduler)
+    return build_denoiser(record, DiffusersTextDenoiser)
 
 
 def _imported_file(directory: str | Path, name: str) -> Path:

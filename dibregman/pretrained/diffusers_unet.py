@@ -479,13 +479,21 @@ def import_diffusers(folder: str | Path, out_dir: str | Path) -> Path:
         raise
 
 
-def build(record: dict[str, Any]) -> nn.Module:
-    """The :class:`DiffusersDenoiser` of an import's record, with freshly initialised weights
-    (:func:`dibregman.pretrained.load_imported` loads the imported ones into it)."""
+def build_denoiser(record: dict[str, Any],
+                   denoiser: type[DiffusersDenoiser] = DiffusersDenoiser) -> DiffusersDenoiser:
+    """The ``denoiser`` of an import's record (its U-Net class ``denoiser.unet_class``), with
+    freshly initialised weights (:func:`dibregman.pretrained.load_imported` loads the imported
+    ones into it)."""
     diffusers = _require_diffusers()
     for key in ("unet_config", "scheduler_class", "scheduler_config"):
         if key not in record:
-            raise CheckpointError(f"a diffusers architecture record needs {key!r}")
-    unet = diffusers.UNet2DModel.from_config(record["unet_config"])
+            raise CheckpointError(f"a {record.get('format', 'diffusers')} architecture record "
+                                  f"needs {key!r}")
+    unet = getattr(diffusers, denoiser.unet_class).from_config(record["unet_config"])
     scheduler = scheduler_class(record["scheduler_class"]).from_config(record["scheduler_config"])
-    return DiffusersDenoiser(unet, scheduler)
+    return denoiser(unet, scheduler)
+
+
+def build(record: dict[str, Any]) -> nn.Module:
+    """The :class:`DiffusersDenoiser` of an import's record (:func:`build_denoiser`)."""
+    return build_denoiser(record)

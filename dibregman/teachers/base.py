@@ -176,3 +176,24 @@ class Teacher(ABC):
         a trained teacher draws from its training set.
         """
         return self.sample(n, rng, labels)
+
+
+def guided_denoise(network: nn.Module, x: Tensor, sigma: Tensor, labels: Tensor, null: Tensor,
+                   guidance_scale: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022, arXiv 2207.12598) of a text-conditional
+    denoiser: ``D_w = D(x, sigma, u) + w (D(x, sigma, c) - D(x, sigma, u))``.
+
+    Args:
+        network: ``D(x, sigma, labels)``, unguided.
+        x: ``(B, *shape)``; sigma: ``(B,)``.
+        labels: the prompts' embeddings ``c``, ``(B, E)`` or ``(B, L, E)``.
+        null: the empty prompt's ``u``, broadcastable to ``labels``.
+        guidance_scale: ``w``; 1 evaluates ``D(x, sigma, c)`` alone, otherwise both conditions
+            go through the network in one batch.
+    """
+    if guidance_scale == 1:
+        return network(x, sigma, labels)
+    null = null.to(labels.dtype).expand_as(labels)
+    unconditional, conditional = network(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                                         torch.cat([null, labels])).chunk(2)
+    return unconditional + guidance_scale * (conditional - unconditional)

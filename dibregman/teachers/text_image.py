@@ -35,6 +35,7 @@ from dibregman.config import Config, ImageTeacherConfig, TextConfig
 from dibregman.data import DataError, ImageDataset, load_dataset
 from dibregman.evaluators.text_image import TextImageEvaluator
 from dibregman.noise import expand_sigma
+from dibregman.teachers.base import guided_denoise
 from dibregman.teachers.image import TEACHER_FILE, ImageTeacher, build_denoiser, train_teacher
 from dibregman.text import PromptSet, TextTower, cached_clip, load_prompts, template_prompts
 
@@ -143,13 +144,7 @@ class TextDigitsTeacher(ImageTeacher):
     def denoise(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
         """``D_w(x, sigma, c)`` for text embeddings ``labels: (B, E)``."""
         sigma = expand_sigma(sigma, x).reshape(-1).expand(x.shape[0])
-        if self.guidance_scale == 1:
-            return self.network(x, sigma, labels)
-        null = self.null.to(labels.dtype).expand_as(labels)
-        both = self.network(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                            torch.cat([labels, null]))
-        conditional, unconditional = both.chunk(2)
-        return unconditional + self.guidance_scale * (conditional - unconditional)
+        return guided_denoise(self.network, x, sigma, labels, self.null, self.guidance_scale)
 
     def sample_data(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
         """``n`` training images; with text embeddings ``labels: (n, E)``, image ``i`` uniformly

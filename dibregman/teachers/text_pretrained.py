@@ -44,7 +44,7 @@ from dibregman.pretrained.diffusers_text import (
     load_vae,
 )
 from dibregman.pretrained.store import noise_range
-from dibregman.teachers.base import Teacher, TeacherKind
+from dibregman.teachers.base import Teacher, TeacherKind, guided_denoise
 
 
 def captioned_images(root: Path) -> tuple[list[str], list[Path]]:
@@ -240,12 +240,7 @@ class PretrainedTextTeacher(Teacher):
             raise ValueError("this teacher is text-conditional: pass token states (B, L, E) "
                              "from teacher.condition(ids)")
         sigma = expand_sigma(sigma, x).reshape(-1).expand(x.shape[0])
-        if self.guidance_scale == 1:
-            return self.network(x, sigma, labels)
-        null = self.null.to(labels.dtype).expand(len(x), -1, -1)
-        uncond, cond = self.network(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                                    torch.cat([null, labels])).chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        return guided_denoise(self.network, x, sigma, labels, self.null, self.guidance_scale)
 
     @torch.no_grad()
     def sample(self, n: int, rng: torch.Generator, labels: Tensor | None = None) -> Tensor:
